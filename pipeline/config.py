@@ -1,0 +1,202 @@
+"""Typed run configuration: frozen dataclasses, filled from ``conf/*.yaml`` and ``key=value`` overrides.
+
+Every knob of the pipeline lives here with its default; YAML files under ``conf/`` restate the defaults
+a user is expected to touch, and the command line overrides either. OmegaConf validates keys and types
+against these dataclasses, so a typo or a wrong type fails at start-up with the key's name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, mistyped or out of range."""
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where the LeRobot datasets are and which part of them to score."""
+
+    uris: list[str] = field(default_factory=list)
+    camera: str | None = None
+    episodes: list[int] | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    block_size: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class FramesConfig:
+    """How frames are sampled from an episode and the pinned size they are resized to."""
+
+    fps: float = 2.0
+    max_frames: int = 64
+    height: int = 256
+    width: int = 256
+
+
+@dataclass(frozen=True)
+class PrefixesConfig:
+    """How many prefixes of the sampled video are scored."""
+
+    num: int = 15
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which VLM scores the prefixes and how it is loaded."""
+
+    path: str = "Qwen/Qwen3-VL-8B-Instruct"
+    revision: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"
+    attn_implementation: str = "sdpa"
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """The TOPReward prompt and how the prefixes are batched."""
+
+    prompt_prefix: str = (
+        "The above video shows a robot manipulation trajectory that completes the following task: "
+    )
+    prompt_suffix: str = "{instruction} Decide whether the above statement is True or not. The answer is: True"
+    chat_template_question: str = "{instruction} Decide whether the above statement is True or not. The answer is:"
+    answer: str = "True"
+    false_answer: str = " False"
+    chat_template: bool = False
+    suffix_chunk: int = 16
+
+
+@dataclass(frozen=True)
+class SuccessConfig:
+    """Success label: mean raw log P("True") over the last ``window`` prefixes above ``threshold``."""
+
+    window: int = 3
+    threshold: float = -2.0
+
+
+@dataclass(frozen=True)
+class CurationConfig:
+    """Which scored episodes go into the curated BC dataset."""
+
+    enabled: bool = True
+    require_success: bool = True
+    min_voc: float | None = None
+    min_final_progress: float | None = None
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where results are written."""
+
+    uri: str = "outputs/topreward"
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """How the Ray Data graph is placed on the cluster."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+    object_store_memory: int | None = None
+    temp_dir: str | None = None
+    scorer_actors: int = 1
+    scorer_num_gpus: float = 0.0
+    scorer_num_cpus: float = 0.5
+    scorer_batch_size: int = 1
+    decode_num_cpus: float = 0.5
+    decode_concurrency: int | None = None
+
+
+@dataclass(frozen=True)
+class RelabelConfig:
+    """The whole run."""
+
+    source: SourceConfig = field(default_factory=SourceConfig)
+    frames: FramesConfig = field(default_factory=FramesConfig)
+    prefixes: PrefixesConfig = field(default_factory=PrefixesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    success: SuccessConfig = field(default_factory=SuccessConfig)
+    curation: CurationConfig = field(default_factory=CurationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+# Sections whose values change the numbers a run produces; paths and placement do not.
+_HASHED_SECTIONS = ("model", "scoring", "frames", "prefixes")
+_HASHED_EXCLUDE = {"model": ("device",), "scoring": ("suffix_chunk",)}
+
+
+def _validate(cfg: RelabelConfig) -> None:
+    checks = [
+        (cfg.frames.fps > 0, "frames.fps must be > 0"),
+        (cfg.frames.max_frames >= 2 and cfg.frames.max_frames % 2 == 0, "frames.max_frames must be even, >= 2"),
+        (cfg.frames.height > 0 and cfg.frames.width > 0, "frames.height and frames.width must be > 0"),
+        (cfg.prefixes.num >= 1, "prefixes.num must be >= 1"),
+        (cfg.scoring.suffix_chunk >= 1, "scoring.suffix_chunk must be >= 1"),
+        (cfg.success.window >= 1, "success.window must be >= 1"),
+        (cfg.ray.scorer_actors >= 1, "ray.scorer_actors must be >= 1"),
+        (cfg.ray.scorer_batch_size >= 1, "ray.scorer_batch_size must be >= 1"),
+        (cfg.model.dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype must be auto|float32|bfloat16|float16"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def load_config(overrides: list[str] | None = None, yaml_path: str | Path | None = None) -> RelabelConfig:
+    """Build the run config from the dataclass defaults, a YAML file and ``key=value`` overrides.
+
+    Args:
+        overrides: dotlist entries such as ``["frames.fps=4", "source.uris=[s3://b/ds]"]``.
+        yaml_path: YAML to merge under the overrides; ``conf/relabel.yaml`` when None.
+
+    Returns:
+        The frozen, validated config.
+
+    Raises:
+        ConfigError: an unknown key, a value of the wrong type, or an out-of-range value.
+    """
+    yaml_path = Path(yaml_path) if yaml_path is not None else CONF_DIR / "relabel.yaml"
+    try:
+        schema = OmegaConf.structured(RelabelConfig)
+        merged = OmegaConf.merge(schema, OmegaConf.load(yaml_path), OmegaConf.from_dotlist(list(overrides or [])))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        reason = str(err).splitlines()[0]
+        raise ConfigError(f"config error at '{key}': {reason}" if key else f"config error: {reason}") from None
+    except ValueError as err:
+        raise ConfigError(f"config error: {err}") from None
+    _validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: RelabelConfig) -> dict[str, Any]:
+    """Plain nested dict of a config (for logs, manifests and Ray task arguments)."""
+    return asdict(cfg)
+
+
+def config_hash(cfg: RelabelConfig) -> str:
+    """A short stable hash of the settings that change the scores (model, prompt, frames, prefixes)."""
+    full = asdict(cfg)
+    hashed = {}
+    for section in _HASHED_SECTIONS:
+        values = dict(full[section])
+        for key in _HASHED_EXCLUDE.get(section, ()):
+            values.pop(key, None)
+        hashed[section] = values
+    blob = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]

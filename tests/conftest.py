@@ -1,0 +1,101 @@
+"""Real, self-stopping test infrastructure: moto S3 on loopback, a local Ray, a tiny model, synthetic data."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CACHE = PROJECT_ROOT / ".cache"
+
+# Caches stay inside the project (never in ~) and nothing reaches a hub.
+os.environ.setdefault("HF_HOME", str(CACHE / "huggingface"))
+os.environ.setdefault("HF_DATASETS_CACHE", str(CACHE / "huggingface" / "datasets"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Tests talk to Ray over loopback only, so token auth buys nothing here.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+S3_KEY = "testing-key-id"
+S3_SECRET = "testing-secret-do-not-log"
+BUCKET = "episodes"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on 127.0.0.1, stopped at the end of the session."""
+    from moto.server import ThreadedMotoServer
+
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": S3_KEY,
+        "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        os.environ[key] = value
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_options(s3_endpoint) -> dict:
+    """fsspec storage options reaching the moto server."""
+    return {"key": S3_KEY, "secret": S3_SECRET, "endpoint_url": s3_endpoint}
+
+
+@pytest.fixture(scope="session")
+def s3(s3_options):
+    """An s3fs filesystem on the moto server."""
+    import s3fs
+
+    return s3fs.S3FileSystem(**s3_options, use_listings_cache=False)
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory):
+    """A real local Ray with 2 CPUs and a small object store, shut down at the end."""
+    import ray
+
+    temp_dir = tmp_path_factory.mktemp("ray")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        object_store_memory=512 * 1024 * 1024,
+        include_dashboard=False,
+        _temp_dir=str(temp_dir),
+        log_to_driver=False,
+    )
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The tiny random Qwen3-VL folder, built once and cached under .cache/models."""
+    from pipeline.models.tiny import ensure_tiny_model
+
+    return ensure_tiny_model(CACHE / "models" / "tiny-qwen3_vl-s0", family="qwen3_vl", size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen25_dir() -> Path:
+    """The tiny random Qwen2.5-VL folder, built once and cached under .cache/models."""
+    from pipeline.models.tiny import ensure_tiny_model
+
+    return ensure_tiny_model(CACHE / "models" / "tiny-qwen2_5_vl-s0", family="qwen2_5_vl", size="tiny", seed=0)
