@@ -69,8 +69,12 @@ class ScoringConfig:
     prompt_prefix: str = (
         "The above video shows a robot manipulation trajectory that completes the following task: "
     )
-    prompt_suffix: str = "{instruction} Decide whether the above statement is True or not. The answer is: True"
-    chat_template_question: str = "{instruction} Decide whether the above statement is True or not. The answer is:"
+    prompt_suffix: str = (
+        "{instruction} Decide whether the above statement is True or not. The answer is: True"
+    )
+    chat_template_question: str = (
+        "{instruction} Decide whether the above statement is True or not. The answer is:"
+    )
     answer: str = "True"
     false_answer: str = " False"
     chat_template: bool = False
@@ -142,14 +146,20 @@ _HASHED_EXCLUDE = {"model": ("device",), "scoring": ("suffix_chunk",)}
 def _validate(cfg: RelabelConfig) -> None:
     checks = [
         (cfg.frames.fps > 0, "frames.fps must be > 0"),
-        (cfg.frames.max_frames >= 2 and cfg.frames.max_frames % 2 == 0, "frames.max_frames must be even, >= 2"),
+        (
+            cfg.frames.max_frames >= 2 and cfg.frames.max_frames % 2 == 0,
+            "frames.max_frames must be even, >= 2",
+        ),
         (cfg.frames.height > 0 and cfg.frames.width > 0, "frames.height and frames.width must be > 0"),
         (cfg.prefixes.num >= 1, "prefixes.num must be >= 1"),
         (cfg.scoring.suffix_chunk >= 1, "scoring.suffix_chunk must be >= 1"),
         (cfg.success.window >= 1, "success.window must be >= 1"),
         (cfg.ray.scorer_actors >= 1, "ray.scorer_actors must be >= 1"),
         (cfg.ray.scorer_batch_size >= 1, "ray.scorer_batch_size must be >= 1"),
-        (cfg.model.dtype in ("auto", "float32", "bfloat16", "float16"), "model.dtype must be auto|float32|bfloat16|float16"),
+        (
+            cfg.model.dtype in ("auto", "float32", "bfloat16", "float16"),
+            "model.dtype must be auto|float32|bfloat16|float16",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -172,12 +182,16 @@ def load_config(overrides: list[str] | None = None, yaml_path: str | Path | None
     yaml_path = Path(yaml_path) if yaml_path is not None else CONF_DIR / "relabel.yaml"
     try:
         schema = OmegaConf.structured(RelabelConfig)
-        merged = OmegaConf.merge(schema, OmegaConf.load(yaml_path), OmegaConf.from_dotlist(list(overrides or [])))
+        merged = OmegaConf.merge(
+            schema, OmegaConf.load(yaml_path), OmegaConf.from_dotlist(list(overrides or []))
+        )
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
         reason = str(err).splitlines()[0]
-        raise ConfigError(f"config error at '{key}': {reason}" if key else f"config error: {reason}") from None
+        raise ConfigError(
+            f"config error at '{key}': {reason}" if key else f"config error: {reason}"
+        ) from None
     except ValueError as err:
         raise ConfigError(f"config error: {err}") from None
     _validate(cfg)

@@ -98,4 +98,6 @@ def tiny_qwen25_dir() -> Path:
     """The tiny random Qwen2.5-VL folder, built once and cached under .cache/models."""
     from pipeline.models.tiny import ensure_tiny_model
 
-    return ensure_tiny_model(CACHE / "models" / "tiny-qwen2_5_vl-s0", family="qwen2_5_vl", size="tiny", seed=0)
+    return ensure_tiny_model(
+        CACHE / "models" / "tiny-qwen2_5_vl-s0", family="qwen2_5_vl", size="tiny", seed=0
+    )

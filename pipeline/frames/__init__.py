@@ -1,0 +1,1 @@
+"""Frame sampling schedules and video decoding."""

@@ -1,0 +1,1 @@
+"""TOPReward prefix scoring: prompt, reference scorer, cached scorer."""

@@ -1,0 +1,41 @@
+"""Normalisation, per-frame progress, success and VOC, with the spec's edge cases (method.md §C-§F)."""
+
+import math
+
+import numpy as np
+
+from pipeline.labels import minmax_normalize, per_frame_progress, success_score, value_order_correlation
+
+
+def test_minmax_edge_cases():
+    assert minmax_normalize(np.array([])).size == 0
+    np.testing.assert_array_equal(minmax_normalize(np.array([-3.0])), [1.0])
+    np.testing.assert_array_equal(minmax_normalize(np.array([-2.0, -2.0, -2.0])), [1.0, 1.0, 1.0])
+    out = minmax_normalize(np.array([-10.0, -5.0, -7.5]))
+    np.testing.assert_allclose(out, [0.0, 1.0, 0.5])
+    assert out.dtype == np.float32
+
+
+def test_per_frame_progress_interpolates_at_prefix_ends():
+    progress = per_frame_progress(np.array([3, 7, 9]), np.array([0.0, 1.0, 0.5]), num_raw=12)
+    assert progress.shape == (12,) and progress.dtype == np.float32
+    np.testing.assert_allclose(progress[:4], 0.0)
+    np.testing.assert_allclose(progress[5], 0.5)
+    np.testing.assert_allclose(progress[7], 1.0)
+    np.testing.assert_allclose(progress[8], 0.75)
+    np.testing.assert_allclose(progress[9:], 0.5)
+
+
+def test_success_score_is_mean_of_last_window():
+    raw = np.array([-9.0, -6.0, -3.0, -2.0, -1.0])
+    assert success_score(raw, 3) == -2.0
+    assert success_score(raw[:2], 3) == -7.5
+    assert math.isnan(success_score(np.array([]), 3))
+
+
+def test_voc():
+    assert value_order_correlation(np.array([0.1, 0.2, 0.5, 0.9])) == 1.0
+    assert value_order_correlation(np.array([0.9, 0.5, 0.2, 0.1])) == -1.0
+    assert math.isnan(value_order_correlation(np.array([0.3])))
+    assert math.isnan(value_order_correlation(np.array([1.0, 1.0, 1.0])))
+    assert 0 < value_order_correlation(np.array([0.1, 0.3, 0.2, 0.9])) < 1
