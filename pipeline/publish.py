@@ -1,0 +1,127 @@
+"""Publishing: turn one dataset's committed shards into the files users read and train on.
+
+Under ``<output>/<dataset_id>/``:
+
+* ``topreward_progress.parquet``: LeRobot's RA-BC schema exactly (``index``, ``episode_index``,
+  ``frame_index`` int64, ``progress_sparse`` float32), sorted by ``index``, ``vlm_name`` in the schema
+  metadata; one row per raw frame of every ``ok`` episode.
+* ``episodes.parquet``: one row per episode with its status, error, prefix table, success and VOC.
+* ``curated/``: a LeRobot v3.0 dataset of the selected episodes (``pipeline.curate``).
+
+The shards stay the source of truth, so publishing is a pure rebuild and can be repeated at will; each
+file is written to a temporary name and renamed into place so readers never see half a file.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.storage import filesystem_for, join_uri
+
+PROGRESS_FILE = "topreward_progress.parquet"
+EPISODES_FILE = "episodes.parquet"
+CURATED_DIR = "curated"
+
+PROGRESS_SCHEMA = pa.schema(
+    [
+        ("index", pa.int64()),
+        ("episode_index", pa.int64()),
+        ("frame_index", pa.int64()),
+        ("progress_sparse", pa.float32()),
+    ]
+)
+
+EPISODE_COLUMNS = (
+    "episode_index", "task", "length", "status", "error", "prefix_frame_indices", "log_p_true",
+    "log_p_false", "progress", "success_score", "success", "voc", "selected", "model", "config_hash",
+    "scored_at", "frames_decoded", "bytes_read", "camera", "video_uri",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Published:
+    """What was published for one dataset."""
+
+    dataset_id: str
+    episodes_uri: str
+    progress_uri: str
+    curated_uri: str | None
+    curated_episodes: int
+
+
+def progress_table(shards: pa.Table, vlm_name: str) -> pa.Table:
+    """Per-frame progress of the ``ok`` episodes in LeRobot's RA-BC schema, sorted by global index."""
+    ok = shards.filter(pa.compute.equal(shards.column("status"), "ok"))
+    parts = {name: [] for name in PROGRESS_SCHEMA.names}
+    for start, episode, values in zip(
+        ok.column("dataset_from_index").to_pylist(),
+        ok.column("episode_index").to_pylist(),
+        ok.column("frame_progress").to_pylist(),
+        strict=True,
+    ):
+        frames = np.arange(len(values), dtype=np.int64)
+        parts["index"].append(start + frames)
+        parts["episode_index"].append(np.full(len(values), episode, dtype=np.int64))
+        parts["frame_index"].append(frames)
+        parts["progress_sparse"].append(np.asarray(values, dtype=np.float32))
+    arrays = [np.concatenate(parts[n]) if parts[n] else np.zeros(0, f.type.to_pandas_dtype()) for n, f in
+              zip(PROGRESS_SCHEMA.names, PROGRESS_SCHEMA, strict=True)]  # fmt: skip
+    table = pa.Table.from_arrays(arrays, schema=PROGRESS_SCHEMA).sort_by("index")
+    return table.replace_schema_metadata({"vlm_name": vlm_name})
+
+
+def write_parquet_atomic(table: pa.Table, uri: str, storage_options: dict[str, Any]) -> str:
+    """Write a parquet file under a temporary name, then rename it over ``uri``."""
+    fs, path = filesystem_for(uri, storage_options)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    temp = f"{path}.{uuid.uuid4().hex}.tmp"
+    with fs.open(temp, "wb") as f:
+        pq.write_table(table, f)
+    if fs.exists(path):
+        fs.rm(path)
+    fs.mv(temp, path)
+    return uri
+
+
+def publish_dataset(
+    shards: pa.Table,
+    dataset_id: str,
+    root: str,
+    output_uri: str,
+    vlm_name: str,
+    *,
+    curate: bool,
+    source_options: dict[str, Any],
+    output_options: dict[str, Any],
+) -> Published:
+    """Write the user-facing files of one dataset from its committed shard rows."""
+    from pipeline.curate import write_curated_dataset
+
+    base = join_uri(output_uri, dataset_id)
+    episodes_uri = write_parquet_atomic(
+        shards.select(list(EPISODE_COLUMNS)), join_uri(base, EPISODES_FILE), output_options
+    )
+    progress = progress_table(shards, vlm_name)
+    progress_uri = write_parquet_atomic(progress, join_uri(base, PROGRESS_FILE), output_options)
+    curated_uri, curated = None, 0
+    if curate:
+        selected = shards.filter(shards.column("selected").fill_null(False))
+        episodes = sorted(selected.column("episode_index").to_pylist())
+        if episodes:
+            curated_uri = join_uri(base, CURATED_DIR)
+            write_curated_dataset(
+                root,
+                episodes,
+                curated_uri,
+                progress,
+                source_options=source_options,
+                dest_options=output_options,
+            )
+            curated = len(episodes)
+    return Published(dataset_id, episodes_uri, progress_uri, curated_uri, curated)

@@ -1,0 +1,1 @@
+"""Per-row and per-batch functions that Ray Data maps over episodes (wired in ``pipeline.relabel``)."""

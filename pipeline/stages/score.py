@@ -1,0 +1,82 @@
+"""The GPU stage: a callable class Ray Data runs in an actor pool, holding one loaded VLM per actor.
+
+Input columns: the decoded episode (``frames``, ``frame_indices``, ``prefix_ends``, ``fps``, ``length``,
+``task``, ``status``, ``error`` and the catalog's columns). Output: the same rows without ``frames``
+(they are large and no later stage needs them), plus ``log_p_true`` and ``log_p_false`` per prefix and
+``model``. A row that fails to score is marked ``failed`` with the reason; the batch goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.config import ModelConfig, ScoringConfig
+from pipeline.scoring.scorer import PrefixScorer
+
+log = logging.getLogger(__name__)
+
+# Errors after which the CUDA context is unusable: only a fresh process recovers.
+_FATAL_DEVICE_MARKERS = ("CUDA error", "device-side assert", "illegal memory access", "NCCL error")
+
+
+def is_fatal_device_error(err: BaseException) -> bool:
+    """True for errors that poison the device (not out-of-memory, which one smaller episode survives)."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return False
+    return isinstance(err, RuntimeError) and any(marker in str(err) for marker in _FATAL_DEVICE_MARKERS)
+
+
+class ScoreEpisodes:
+    """Scores a batch of decoded episodes with the cached TOPReward scorer."""
+
+    def __init__(self, model: dict[str, Any], scoring: dict[str, Any]) -> None:
+        self.scorer = PrefixScorer(ModelConfig(**model), ScoringConfig(**scoring))
+        self.model_name = model["path"]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Score each row of a numpy batch; failures go on the row."""
+        size = len(batch["episode_index"])
+        true_lp: list[np.ndarray] = []
+        false_lp: list[np.ndarray] = []
+        status = list(batch["status"])
+        error = list(batch["error"])
+        for i in range(size):
+            scores = (np.zeros(0), np.zeros(0))
+            if status[i] == "ok":
+                try:
+                    result = self.scorer.score(
+                        np.asarray(batch["frames"][i]),
+                        np.asarray(batch["frame_indices"][i]),
+                        float(batch["fps"][i]),
+                        int(batch["length"][i]),
+                        str(batch["task"][i]),
+                        np.asarray(batch["prefix_ends"][i]),
+                    )
+                    scores = (result.log_p_true, result.log_p_false)
+                except Exception as err:
+                    if is_fatal_device_error(err):
+                        # Exit so Ray replaces the actor and retries the batch on a healthy one.
+                        log.critical("fatal device error, restarting scorer actor: %s", err)
+                        os._exit(1)
+                    status[i] = "failed"
+                    error[i] = f"{batch['dataset_id'][i]} episode {batch['episode_index'][i]}: scoring: {err}"
+            true_lp.append(scores[0])
+            false_lp.append(scores[1])
+        out = {key: value for key, value in batch.items() if key != "frames"}
+        out["status"] = np.array(status, dtype=object)
+        out["error"] = np.array(error, dtype=object)
+        out["log_p_true"] = _ragged(true_lp)
+        out["log_p_false"] = _ragged(false_lp)
+        out["model"] = np.array([self.model_name] * size, dtype=object)
+        return out
+
+
+def _ragged(arrays: list[np.ndarray]) -> np.ndarray:
+    out = np.empty(len(arrays), dtype=object)
+    out[:] = [np.asarray(a, dtype=np.float64) for a in arrays]
+    return out
