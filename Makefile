@@ -9,7 +9,7 @@ export HF_DATASETS_CACHE := $(CURDIR)/.cache/huggingface/datasets
 export HF_HUB_OFFLINE ?= 1
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: install test lint clean
+.PHONY: install demo test lint clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+demo: install
+	$(PY) -m jobs.demo $(ARGS)
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from lerobot.rewards.topreward.compute_rabc_weights import DEFAULT_OUTPUT_FILENAME as PROGRESS_FILE
 
+from pipeline.curate import write_curated_dataset
 from pipeline.storage import filesystem_for, join_uri
 
-PROGRESS_FILE = "topreward_progress.parquet"
 EPISODES_FILE = "episodes.parquet"
 CURATED_DIR = "curated"
 
@@ -79,6 +80,7 @@ def progress_table(shards: pa.Table, vlm_name: str) -> pa.Table:
 def write_parquet_atomic(table: pa.Table, uri: str, storage_options: dict[str, Any]) -> str:
     """Write a parquet file under a temporary name, then rename it over ``uri``."""
     fs, path = filesystem_for(uri, storage_options)
+    fs.invalidate_cache(path)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     temp = f"{path}.{uuid.uuid4().hex}.tmp"
     with fs.open(temp, "wb") as f:
@@ -101,8 +103,6 @@ def publish_dataset(
     output_options: dict[str, Any],
 ) -> Published:
     """Write the user-facing files of one dataset from its committed shard rows."""
-    from pipeline.curate import write_curated_dataset
-
     base = join_uri(output_uri, dataset_id)
     episodes_uri = write_parquet_atomic(
         shards.select(list(EPISODE_COLUMNS)), join_uri(base, EPISODES_FILE), output_options

@@ -132,6 +132,8 @@ def write_shards(
 
 def _markers(folder_uri: str, storage_options: dict[str, Any]) -> list[tuple[Any, str, dict[str, Any]]]:
     fs, folder = filesystem_for(folder_uri, storage_options)
+    # Filesystem instances are shared per process; another run in it may have listed this folder before.
+    fs.invalidate_cache(folder)
     if not fs.exists(folder):
         return []
     found = []

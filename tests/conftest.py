@@ -101,3 +101,33 @@ def tiny_qwen25_dir() -> Path:
     return ensure_tiny_model(
         CACHE / "models" / "tiny-qwen2_5_vl-s0", family="qwen2_5_vl", size="tiny", seed=0
     )
+
+
+SYNTH_LENGTHS = (20, 33, 45, 21)
+SYNTH_FPS = 10
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    """A local folder holding two tiny synthetic LeRobot datasets, ``v30/`` (v3.0) and ``v21/`` (v2.1).
+
+    Both have 4 episodes of :data:`SYNTH_LENGTHS` frames at :data:`SYNTH_FPS` fps, two 64x64 AV1 cameras
+    and self-identifying frames (``pipeline.synth.frame_code``).
+    """
+    from pipeline.synth import write_v21_dataset, write_v30_dataset
+
+    folder = tmp_path_factory.mktemp("synth")
+    write_v30_dataset(folder / "v30", repo_id="synth/v30", lengths=SYNTH_LENGTHS, fps=SYNTH_FPS)
+    write_v21_dataset(folder / "v21", lengths=SYNTH_LENGTHS, fps=SYNTH_FPS)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def synth_s3(s3, synth_dir) -> str:
+    """The datasets of ``synth_dir`` uploaded to moto S3; returns the prefix ``s3://<bucket>/synth``."""
+    from pipeline.synth import upload_dataset
+
+    prefix = f"s3://{BUCKET}/synth"
+    for name in ("v30", "v21"):
+        upload_dataset(synth_dir / name, s3, f"{prefix}/{name}")
+    return prefix

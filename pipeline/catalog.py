@@ -1,0 +1,345 @@
+"""Episode catalog: one row per episode of every LeRobot dataset under the source URIs.
+
+Runs on the driver and reads metadata only (``meta/info.json`` plus the episodes index), never frame
+data, so listing a large fleet costs a few small reads per dataset. Both on-disk layouts are read:
+
+* v3.0: ``meta/episodes/chunk-*/file-*.parquet``; videos are packed, many episodes per mp4, and an
+  episode is located by ``videos/<camera>/{chunk_index,file_index,from_timestamp,to_timestamp}``.
+* v2.1: ``meta/episodes.jsonl`` (``episode_index``, ``tasks`` as strings, ``length``); one mp4 per
+  episode and camera at info.json's ``video_path`` with ``episode_chunk = episode_index // chunks_size``.
+
+Row schema (:meth:`EpisodeRecord.to_row`, one flat dict of plain Python values, a Ray Data row):
+
+==================== ========= ===========================================================
+column               type      meaning
+==================== ========= ===========================================================
+dataset_id           str       readable id from the root (last two path parts), output folder
+root                 str       dataset root URI as listed (keeps the user's protocol)
+codebase_version     str       ``v3.0`` or ``v2.1`` (as read, possibly unsupported, on failure)
+episode_index        int       episode number; -1 on a dataset-level failure
+task                 str       first task text of the episode
+tasks                list[str] all task texts of the episode
+length               int       raw frame count from the index
+fps                  float     raw frame rate of the dataset
+camera               str       video feature key that is decoded
+video_uri            str       URI of the mp4 holding the episode for that camera
+from_timestamp       float     episode start inside ``video_uri`` in seconds (0 for v2.1)
+to_timestamp         float     episode end inside ``video_uri`` in seconds (length/fps for v2.1)
+dataset_from_index   int       global frame index of the episode's first frame
+dataset_to_index     int       global frame index one past its last frame
+status               str       ``ok``, or ``failed`` when the dataset or episode cannot be listed
+error                str       ``""``, or ``"<dataset_id>: <file uri>: <reason>"``
+==================== ========= ===========================================================
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import posixpath
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import pyarrow.parquet as pq
+from fsspec import AbstractFileSystem
+from lerobot.datasets.utils import DEFAULT_CHUNK_SIZE, EPISODES_DIR, INFO_PATH, LEGACY_EPISODES_PATH
+
+from pipeline.config import SourceConfig
+from pipeline.storage import filesystem_for, join_uri, redact
+
+log = logging.getLogger(__name__)
+
+V30, V21 = "v3.0", "v2.1"
+SUPPORTED_VERSIONS = (V21, V30)
+# How many folder levels below a source URI are searched for meta/info.json (fleet/robot/task/...).
+MAX_DISCOVERY_DEPTH = 4
+
+
+@dataclass(frozen=True)
+class EpisodeRecord:
+    """One episode of one dataset, or a dataset that could not be listed (``status="failed"``)."""
+
+    dataset_id: str
+    root: str
+    codebase_version: str = ""
+    episode_index: int = -1
+    task: str = ""
+    tasks: tuple[str, ...] = ()
+    length: int = 0
+    fps: float = 0.0
+    camera: str = ""
+    video_uri: str = ""
+    from_timestamp: float = 0.0
+    to_timestamp: float = 0.0
+    dataset_from_index: int = -1
+    dataset_to_index: int = -1
+    status: str = "ok"
+    error: str = ""
+
+    def to_row(self) -> dict[str, Any]:
+        """The record as one flat dict of plain Python values (the schema in the module docstring)."""
+        row = asdict(self)
+        row["tasks"] = list(self.tasks)
+        return row
+
+
+class _MetadataError(Exception):
+    """A metadata file of a dataset is missing, unreadable or inconsistent."""
+
+    def __init__(self, file_uri: str, reason: str) -> None:
+        super().__init__(f"{file_uri}: {reason}")
+
+
+def dataset_id_for(root: str) -> str:
+    """A stable, readable dataset id: the last two path components of the root, e.g. ``so100/pick_cube``.
+
+    Args:
+        root: Dataset root URI or path.
+
+    Returns:
+        The id, used as the dataset's output sub-folder.
+    """
+    parts = [part for part in root.split("://", 1)[-1].split("/") if part]
+    return "/".join(parts[-2:])
+
+
+def list_episodes(source: SourceConfig) -> list[EpisodeRecord]:
+    """Lists every episode of every dataset under ``source.uris``.
+
+    Each URI is a dataset root (it holds ``meta/info.json``) or a prefix holding datasets at most
+    :data:`MAX_DISCOVERY_DEPTH` levels down. A dataset whose metadata cannot be read never stops the
+    listing: it becomes one failed record naming the file and the reason.
+
+    Args:
+        source: URIs, camera (default: the first video feature of each dataset), episode filter (indices
+            a dataset lacks are skipped) and storage options.
+
+    Returns:
+        Records ordered by source URI, dataset root and episode index.
+    """
+    records: list[EpisodeRecord] = []
+    roots_by_id: dict[str, tuple[str, str]] = {}
+    for uri in source.uris:
+        fs, path = filesystem_for(uri, source.storage_options)
+        for root in _dataset_roots(fs, uri, path):
+            # The same dataset may be reached twice (as a root and inside a prefix, or as path and file://).
+            canonical = fs.unstrip_protocol(filesystem_for(root, source.storage_options)[1])
+            dataset_id = dataset_id_for(root)
+            if dataset_id not in roots_by_id:
+                roots_by_id[dataset_id] = (canonical, root)
+                records.extend(_dataset_episodes(fs, root, source))
+            elif roots_by_id[dataset_id][0] != canonical:
+                # Outputs are written per dataset id, so two roots sharing one would mix their labels.
+                other = roots_by_id[dataset_id][1]
+                records.append(_failed(root, f"{root}: dataset id collides with {other}"))
+    failed = sum(record.status != "ok" for record in records)
+    log.info(
+        "catalog: %d episode rows from %d source URI(s), %d failed", len(records), len(source.uris), failed
+    )
+    return records
+
+
+def _failed(root: str, reason: str, version: str = "") -> EpisodeRecord:
+    dataset_id = dataset_id_for(root)
+    return EpisodeRecord(
+        dataset_id=dataset_id,
+        root=root,
+        codebase_version=version,
+        status="failed",
+        error=f"{dataset_id}: {reason}",
+    )
+
+
+def _dataset_roots(fs: AbstractFileSystem, uri: str, path: str) -> list[str]:
+    """Dataset root URIs at or below ``uri``; the URI itself (to be reported as failed) when none is found."""
+    fs.invalidate_cache(path)  # a long-lived driver must see datasets uploaded since its last listing
+    try:
+        found = _find_roots(fs, path.rstrip("/"), MAX_DISCOVERY_DEPTH)
+    except Exception as err:  # any listing failure is reported on the row, not raised
+        log.warning("catalog: cannot list %s: %s", uri, type(err).__name__)
+        found = []
+    if not found:
+        # Listed as one root so that the run records "not found" instead of silently scoring nothing.
+        return [uri.rstrip("/")]
+    base = path.rstrip("/")
+    return [
+        join_uri(uri, posixpath.relpath(root, base)) if root != base else uri.rstrip("/") for root in found
+    ]
+
+
+def _find_roots(fs: AbstractFileSystem, path: str, depth: int) -> list[str]:
+    # One existence check and one delimiter listing per folder: never lists the files inside a dataset.
+    if fs.isfile(posixpath.join(path, INFO_PATH)):
+        return [path]
+    if depth == 0 or not fs.isdir(path):
+        return []
+    folders = sorted(
+        entry["name"].rstrip("/") for entry in fs.ls(path, detail=True) if entry["type"] == "directory"
+    )
+    return [root for folder in folders for root in _find_roots(fs, folder, depth - 1)]
+
+
+def _dataset_episodes(fs: AbstractFileSystem, root: str, source: SourceConfig) -> list[EpisodeRecord]:
+    _, root_path = filesystem_for(root, source.storage_options)
+    info_uri = join_uri(root, INFO_PATH)
+    version = ""
+    try:
+        with _reading(root, INFO_PATH, source.storage_options):
+            with fs.open(posixpath.join(root_path, INFO_PATH), "rb") as f:
+                info = json.load(f)
+            version = str(info.get("codebase_version", ""))
+            if version not in SUPPORTED_VERSIONS:
+                supported = ", ".join(SUPPORTED_VERSIONS)
+                raise _MetadataError(
+                    info_uri, f"unsupported codebase_version {version!r} (supported: {supported})"
+                )
+            base = EpisodeRecord(
+                dataset_id=dataset_id_for(root),
+                root=root,
+                codebase_version=version,
+                fps=float(info["fps"]),
+                camera=_camera(info, source.camera, info_uri),
+            )
+        wanted = None if source.episodes is None else set(source.episodes)
+        reader = _v30_episodes if version == V30 else _v21_episodes
+        records = reader(fs, root_path, info, base, wanted, source.storage_options)
+    except _MetadataError as err:
+        return [_failed(root, str(err), version)]
+    return sorted(records, key=lambda record: record.episode_index)
+
+
+@contextmanager
+def _reading(root: str, relative: str, storage_options: dict[str, Any]) -> Iterator[None]:
+    """Turns any failure while reading or interpreting one metadata file into a _MetadataError naming it."""
+    try:
+        yield
+    except _MetadataError:
+        raise
+    except FileNotFoundError:
+        raise _MetadataError(join_uri(root, relative), "not found") from None
+    except json.JSONDecodeError as err:
+        raise _MetadataError(join_uri(root, relative), f"invalid JSON ({err})") from None
+    except KeyError as err:
+        raise _MetadataError(join_uri(root, relative), f"missing key {err}") from None
+    except Exception as err:  # pyarrow/fsspec/format errors of one file end that dataset only
+        reason = redact(f"{type(err).__name__}: {err}", storage_options)
+        raise _MetadataError(join_uri(root, relative), reason) from None
+
+
+def _camera(info: dict[str, Any], wanted: str | None, info_uri: str) -> str:
+    video_keys = [key for key, feature in info["features"].items() if feature.get("dtype") == "video"]
+    if not video_keys:
+        raise _MetadataError(info_uri, "the dataset has no video feature")
+    if wanted is None:
+        return video_keys[0]
+    if wanted not in video_keys:
+        have = ", ".join(video_keys)
+        raise _MetadataError(info_uri, f"camera {wanted!r} is not a video feature (video features: {have})")
+    return wanted
+
+
+def _episode(base: EpisodeRecord, tasks: list[str], **fields: Any) -> EpisodeRecord:
+    record = replace(base, task=tasks[0] if tasks else "", tasks=tuple(tasks), **fields)
+    if not tasks:
+        return replace(
+            record, status="failed", error=f"{base.dataset_id}: episode {record.episode_index}: no task text"
+        )
+    return record
+
+
+def _v30_episodes(
+    fs: AbstractFileSystem,
+    root_path: str,
+    info: dict[str, Any],
+    base: EpisodeRecord,
+    wanted: set[int] | None,
+    storage_options: dict[str, Any],
+) -> list[EpisodeRecord]:
+    video = f"videos/{base.camera}/"
+    columns = ["episode_index", "tasks", "length", "dataset_from_index", "dataset_to_index"] + [
+        video + name for name in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")
+    ]
+    with _reading(base.root, INFO_PATH, storage_options):
+        template = info["video_path"]
+    with _reading(base.root, EPISODES_DIR, storage_options):
+        # Same layout lerobot's load_nested_dataset globs: meta/episodes/chunk-*/file-*.parquet.
+        files = sorted(fs.glob(posixpath.join(root_path, EPISODES_DIR, "*", "*.parquet")))
+        if not files:
+            raise FileNotFoundError(EPISODES_DIR)
+    records = []
+    for file in files:
+        relative = posixpath.relpath(file, root_path)
+        with _reading(base.root, relative, storage_options):
+            with fs.open(file, "rb") as f:
+                rows = pq.ParquetFile(f).read(columns=columns).to_pylist()
+            for row in rows:
+                if wanted is not None and row["episode_index"] not in wanted:
+                    continue
+                video_path = template.format(
+                    video_key=base.camera,
+                    chunk_index=row[video + "chunk_index"],
+                    file_index=row[video + "file_index"],
+                )
+                records.append(
+                    _episode(
+                        base,
+                        list(row["tasks"] or []),
+                        episode_index=int(row["episode_index"]),
+                        length=int(row["length"]),
+                        video_uri=join_uri(base.root, video_path),
+                        from_timestamp=float(row[video + "from_timestamp"]),
+                        to_timestamp=float(row[video + "to_timestamp"]),
+                        dataset_from_index=int(row["dataset_from_index"]),
+                        dataset_to_index=int(row["dataset_to_index"]),
+                    )
+                )
+    return records
+
+
+def _v21_episodes(
+    fs: AbstractFileSystem,
+    root_path: str,
+    info: dict[str, Any],
+    base: EpisodeRecord,
+    wanted: set[int] | None,
+    storage_options: dict[str, Any],
+) -> list[EpisodeRecord]:
+    episodes_path = posixpath.join(root_path, LEGACY_EPISODES_PATH)
+    with (
+        _reading(base.root, LEGACY_EPISODES_PATH, storage_options),
+        fs.open(episodes_path, "rt", encoding="utf-8") as f,
+    ):
+        episodes = sorted(
+            (json.loads(line) for line in f if line.strip()), key=lambda ep: ep["episode_index"]
+        )
+    with _reading(base.root, INFO_PATH, storage_options):
+        chunks_size = int(info.get("chunks_size", DEFAULT_CHUNK_SIZE))
+        template = info["video_path"]
+    records = []
+    # v2.1 has no dataset_from_index: the global index runs through the episodes in order.
+    start = 0
+    for episode in episodes:
+        with _reading(base.root, LEGACY_EPISODES_PATH, storage_options):
+            index, length = int(episode["episode_index"]), int(episode["length"])
+            tasks = [str(task) for task in episode.get("tasks") or []]
+            video_path = template.format(
+                episode_chunk=index // chunks_size, video_key=base.camera, episode_index=index
+            )
+        if wanted is None or index in wanted:
+            records.append(
+                _episode(
+                    base,
+                    tasks,
+                    episode_index=index,
+                    length=length,
+                    video_uri=join_uri(base.root, video_path),
+                    from_timestamp=0.0,
+                    to_timestamp=length / base.fps,
+                    dataset_from_index=start,
+                    dataset_to_index=start + length,
+                )
+            )
+        start += length
+    return records

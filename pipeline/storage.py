@@ -1,0 +1,69 @@
+"""Every path is a URI resolved through fsspec: ``s3://`` (s3fs), ``gs://`` (gcsfs), ``file://`` or local.
+
+Credentials and endpoints come from ``storage_options`` or the backends' standard environment/config;
+they are passed to fsspec and never formatted into messages. :func:`redact` is the last line of defence
+for text built from third-party exceptions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import fsspec
+from fsspec import AbstractFileSystem
+
+# Option names whose values are secrets in s3fs/gcsfs/adlfs-style storage options.
+_SECRET_MARKERS = ("key", "secret", "token", "password", "credential", "session")
+
+
+def filesystem_for(
+    uri: str, storage_options: Mapping[str, Any] | None = None
+) -> tuple[AbstractFileSystem, str]:
+    """Resolves a URI to its filesystem and the path that filesystem understands.
+
+    fsspec caches filesystem instances by their arguments, so calling this per file in a worker reuses
+    one client (and its connection pool) per set of options.
+
+    Args:
+        uri: ``s3://bucket/key``, ``gs://bucket/key``, ``file:///abs/path`` or a local path.
+        storage_options: Backend options, e.g. ``{"endpoint_url": ...}`` for an S3-compatible store.
+
+    Returns:
+        ``(fs, path)`` where ``path`` has no protocol.
+    """
+    return fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Joins path segments onto a URI with ``/``, keeping the base's protocol.
+
+    Args:
+        base: A URI or local path; a trailing ``/`` is ignored.
+        *parts: Relative segments; leading and trailing ``/`` are ignored, empty ones skipped.
+
+    Returns:
+        The joined URI.
+    """
+    segments = [part.strip("/") for part in parts if part.strip("/")]
+    if not segments:
+        return base.rstrip("/") or base
+    return base.rstrip("/") + "/" + "/".join(segments)
+
+
+def redact(text: str, storage_options: Mapping[str, Any] | None) -> str:
+    """Replaces every secret-looking option value that occurs in ``text`` with ``***``.
+
+    Args:
+        text: A message about to be recorded (an error string, a log line).
+        storage_options: The options that may have leaked into it (nested mappings are searched too).
+
+    Returns:
+        ``text`` without those values.
+    """
+    for name, value in (storage_options or {}).items():
+        if isinstance(value, Mapping):
+            text = redact(text, value)  # e.g. s3fs client_kwargs={"aws_secret_access_key": ...}
+        elif isinstance(value, str) and len(value) >= 4 and any(m in name.lower() for m in _SECRET_MARKERS):
+            text = text.replace(value, "***")
+    return text

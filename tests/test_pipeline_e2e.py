@@ -1,0 +1,160 @@
+"""End to end on real local Ray, moto S3 and the tiny model: every output contract, and the same numbers
+as calling decode + scorer + labels directly."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.catalog import list_episodes
+from pipeline.config import load_config
+from pipeline.frames.decode import decode_episode
+from pipeline.publish import EPISODES_FILE, PROGRESS_FILE
+from pipeline.relabel import format_summary, run
+from pipeline.scoring.scorer import PrefixScorer
+from pipeline.stages.label import label_episode
+from tests.conftest import BUCKET, SYNTH_LENGTHS
+
+pytestmark = pytest.mark.slow
+
+
+def _config(source: str, output: str, model_dir, s3_options, *extra: str):
+    storage = "{" + ", ".join(f"{k}: '{v}'" for k, v in s3_options.items()) + "}"
+    return load_config(
+        [
+            f"source.uris=[{source}]",
+            f"source.storage_options={storage}",
+            f"output.uri={output}",
+            f"output.storage_options={storage}",
+            f"model.path={model_dir}",
+            "frames.height=64",
+            "frames.width=64",
+            "frames.max_frames=8",
+            "prefixes.num=4",
+            "success.threshold=-1000",
+            *extra,
+        ]
+    )
+
+
+def _read(s3, uri: str):
+    with s3.open(uri, "rb") as f:
+        return pq.read_table(f)
+
+
+def _direct_labels(cfg, row: dict) -> dict:
+    """Decode, score and label one episode without Ray: the numbers the pipeline must reproduce."""
+    from dataclasses import asdict
+
+    decoded = decode_episode(row, cfg.frames, cfg.prefixes, cfg.source.storage_options, cfg.source.block_size)
+    assert decoded["status"] == "ok", decoded["error"]
+    scorer = PrefixScorer(cfg.model, cfg.scoring)
+    scores = scorer.score(
+        decoded["frames"],
+        decoded["frame_indices"],
+        row["fps"],
+        row["length"],
+        row["task"],
+        decoded["prefix_ends"],
+    )
+    decoded.update(log_p_true=scores.log_p_true, log_p_false=scores.log_p_false)
+    return label_episode(decoded, asdict(cfg.success), asdict(cfg.curation))
+
+
+@pytest.mark.parametrize("version", ["v30", "v21"])
+def test_relabel_from_s3(ray_session, s3, s3_options, synth_s3, tiny_model_dir, tmp_path, version):
+    output = f"s3://{BUCKET}/labels-{version}"
+    cfg = _config(f"{synth_s3}/{version}", output, tiny_model_dir, s3_options)
+    summary = run(cfg)
+    (dataset,) = summary.datasets.values()
+    assert (dataset.scored, dataset.failed, dataset.skipped) == (len(SYNTH_LENGTHS), 0, 0)
+    assert "scored" in format_summary(summary)
+
+    base = f"{output}/{dataset.dataset_id}"
+    episodes = _read(s3, f"{base}/{EPISODES_FILE}").to_pylist()
+    assert [e["episode_index"] for e in episodes] == list(range(len(SYNTH_LENGTHS)))
+    assert all(e["status"] == "ok" and e["error"] == "" for e in episodes)
+    assert all(len(e["log_p_true"]) == len(e["progress"]) == len(e["prefix_frame_indices"]) for e in episodes)
+
+    progress = _read(s3, f"{base}/{PROGRESS_FILE}")
+    assert progress.schema.names == ["index", "episode_index", "frame_index", "progress_sparse"]
+    assert [str(t) for t in progress.schema.types] == ["int64", "int64", "int64", "float"]
+    assert progress.schema.metadata[b"vlm_name"] == str(tiny_model_dir).encode()
+    index = progress.column("index").to_numpy()
+    assert np.array_equal(index, np.arange(sum(SYNTH_LENGTHS)))  # one row per raw frame, global indices
+
+    # The same numbers as decode + scorer + labels called directly, episode by episode.
+    records = {r.episode_index: r.to_row() for r in list_episodes(cfg.source)}
+    frames = progress.to_pandas()
+    for episode in episodes:
+        direct = _direct_labels(cfg, records[episode["episode_index"]])
+        np.testing.assert_allclose(episode["log_p_true"], direct["log_p_true"], atol=1e-5, rtol=0)
+        mine = frames[frames.episode_index == episode["episode_index"]]
+        assert np.array_equal(mine.frame_index, np.arange(episode["length"]))
+        np.testing.assert_allclose(mine.progress_sparse, direct["frame_progress"], atol=1e-5, rtol=0)
+        assert episode["success_score"] == pytest.approx(direct["success_score"], abs=1e-5)
+
+    # Every episode passed the (permissive) threshold: the curated dataset holds them all, loadable as is.
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    s3.get(f"{base}/curated/", str(tmp_path / "curated"), recursive=True)
+    curated = LeRobotDataset("curated/" + version, root=tmp_path / "curated", video_backend="pyav")
+    assert curated.meta.total_episodes == len(SYNTH_LENGTHS)
+    assert curated.meta.total_frames == sum(SYNTH_LENGTHS)
+    assert pq.read_table(tmp_path / "curated" / PROGRESS_FILE).num_rows == sum(SYNTH_LENGTHS)
+
+
+def test_rerun_is_incremental_and_idempotent(ray_session, s3, s3_options, synth_s3, tiny_model_dir):
+    output = f"s3://{BUCKET}/labels-rerun"
+    first = _config(f"{synth_s3}/v30", output, tiny_model_dir, s3_options, "source.episodes=[0,2]")
+    assert run(first).scored == 2
+    progress_uri = f"{output}/synth/v30/{PROGRESS_FILE}"
+    before = _read(s3, progress_uri)
+
+    again = run(first)
+    (dataset,) = again.datasets.values()
+    assert (dataset.scored, dataset.skipped) == (0, 2)
+    assert _read(s3, progress_uri).equals(before)
+
+    # New episodes arrive: only they are scored, and the published files hold all of them.
+    grown = run(_config(f"{synth_s3}/v30", output, tiny_model_dir, s3_options))
+    (dataset,) = grown.datasets.values()
+    assert (dataset.scored, dataset.skipped) == (2, 2)
+    episodes = _read(s3, f"{output}/synth/v30/{EPISODES_FILE}").column("episode_index").to_pylist()
+    assert episodes == [0, 1, 2, 3]
+
+
+def test_corrupt_episode_fails_alone(ray_session, tmp_path, s3_options, tiny_model_dir):
+    from pipeline.synth import write_v21_dataset
+
+    root = write_v21_dataset(tmp_path / "fleet" / "broken", lengths=(20, 24, 22), fps=10, corrupt_episode=1)
+    cfg = _config(str(root), str(tmp_path / "out"), tiny_model_dir, {})
+    summary = run(cfg)
+    (dataset,) = summary.datasets.values()
+    assert (dataset.scored, dataset.failed) == (2, 1)
+    rows = pq.read_table(tmp_path / "out" / "fleet" / "broken" / EPISODES_FILE).to_pylist()
+    status = {r["episode_index"]: (r["status"], r["error"]) for r in rows}
+    assert status[0][0] == status[2][0] == "ok"
+    assert status[1][0] == "failed"
+    assert "episode 1" in status[1][1] and "episode_000001.mp4" in status[1][1]
+    progress = pq.read_table(tmp_path / "out" / "fleet" / "broken" / PROGRESS_FILE)
+    assert set(progress.column("episode_index").to_pylist()) == {0, 2}
+
+
+def test_lerobot_rabc_loader_accepts_progress(ray_session, tmp_path, synth_dir, tiny_model_dir):
+    from lerobot.utils.sample_weighting import SampleWeightingConfig, make_sample_weighter
+
+    cfg = _config(str(synth_dir / "v30"), str(tmp_path / "out"), tiny_model_dir, {})
+    (dataset,) = run(cfg).datasets.values()
+    path = tmp_path / "out" / dataset.dataset_id / PROGRESS_FILE
+    weighting = SampleWeightingConfig(type="rabc", progress_path=str(path), head_mode="sparse")
+    policy = SimpleNamespace(config=SimpleNamespace(chunk_size=5))
+    weighter = make_sample_weighter(weighting, policy, torch.device("cpu"))
+    weights, stats = weighter.compute_batch_weights({"index": torch.arange(0, sum(SYNTH_LENGTHS), 7)})
+    assert weights.shape == (len(range(0, sum(SYNTH_LENGTHS), 7)),)
+    assert torch.isfinite(weights).all()
+    assert "mean_weight" in stats
