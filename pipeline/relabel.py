@@ -173,9 +173,8 @@ def format_summary(summary: RunSummary) -> str:
     header = f"{'dataset':<32}{'scored':>8}{'skipped':>9}{'failed':>8}{'frames':>9}{'episodes/h':>12}"
     lines = [f"topreward relabel: config {summary.config_hash}, wall {summary.wall_seconds:.1f} s", header]
     for d in summary.datasets.values():
-        lines.append(
-            f"{d.dataset_id:<32}{d.scored:>8}{d.skipped:>9}{d.failed:>8}{d.frames:>9}{d.scored / hours:>12.0f}"
-        )
+        rate = d.scored / hours
+        lines.append(f"{d.dataset_id:<32}{d.scored:>8}{d.skipped:>9}{d.failed:>8}{d.frames:>9}{rate:>12.0f}")
     for d in summary.datasets.values():
         if d.published:
             lines.append(f"{d.dataset_id}: progress  {d.published.progress_uri}")

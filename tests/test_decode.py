@@ -181,12 +181,13 @@ def test_s3_errors_never_show_credentials(broken, s3, s3_options, caplog, capsys
         assert S3_SECRET not in text
 
 
-def test_runs_as_a_ray_map(ray_session, synth_dir, broken):
+def test_runs_as_a_ray_map(ray_session, synth_dir, broken, tmp_path):
     import ray
 
-    rows = _rows(str(synth_dir / "v30"))[:2] + _rows(str(broken / "v21"))[1:3]
+    rows = _rows(str(synth_dir / "v30"))[:2] + _rows(str(broken / "v21"))[1:3] + _rows(str(tmp_path / "gone"))
     out = (
-        ray.data.from_items(rows)
+        # One row per block: a block holding only failed rows must still have the common schema.
+        ray.data.from_items(rows, override_num_blocks=len(rows))
         .map(
             decode_episode,
             fn_kwargs={
@@ -208,3 +209,4 @@ def test_runs_as_a_ray_map(ray_session, synth_dir, broken):
     for row in rows[:2]:
         _assert_exact_frames(row, by_key[("v30", row["episode_index"])])
     assert by_key[("v21", 2)]["frames"].shape == (0, 48, 80, 3)
+    assert by_key[("gone", -1)]["error"].endswith("meta/info.json: not found")

@@ -120,7 +120,7 @@ def decode_frames(
         raise EpisodeError(f"{video_uri}: file not found") from None
     except (av.FFmpegError, OSError) as err:
         # strerror drops FFmpeg's trailing "'<none>'"-style context, which names no file anyway.
-        reason = redact(f"{type(err).__name__}: {err.strerror or err}", storage_options)
+        reason = redact(f"{type(err).__name__}: {getattr(err, 'strerror', None) or err}", storage_options)
         raise EpisodeError(f"{video_uri}: cannot read video ({reason})") from None
     return DecodedClip(
         frames=frames, frames_decoded=decoded, bytes_read=counted.bytes_read, bytes_fetched=fetched
