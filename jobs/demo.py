@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -30,12 +29,6 @@ DEMO_CREDENTIALS = {
     "AWS_SECRET_ACCESS_KEY": "demo",
     "AWS_DEFAULT_REGION": "us-east-1",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def demo_overrides(model_dir: Path, endpoint: str) -> list[str]:
@@ -65,23 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import s3fs
-    from moto.server import ThreadedMotoServer
 
     from pipeline.config import load_config
+    from pipeline.local_s3 import local_s3
     from pipeline.models.tiny import ensure_tiny_model
     from pipeline.relabel import format_summary, run
-    from pipeline.synth import upload_dataset, write_v30_dataset
+    from pipeline.storage import upload_dataset
+    from pipeline.synth import write_v30_dataset
 
     model_dir = ensure_tiny_model(CACHE / "models" / "tiny-qwen3_vl-s0", "qwen3_vl", "tiny", 0)
     print(f"demo: tiny Qwen3-VL at {model_dir}")
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
+    with local_s3(BUCKET_IN, BUCKET_OUT) as endpoint:
         fs = s3fs.S3FileSystem(endpoint_url=endpoint, use_listings_cache=False)
-        fs.mkdir(BUCKET_IN)
-        fs.mkdir(BUCKET_OUT)
         with tempfile.TemporaryDirectory(prefix="topreward-demo-") as tmp:
             local = write_v30_dataset(
                 Path(tmp) / "pick_cube", repo_id=DATASET, lengths=[40, 55, 33, 61, 47, 52]
@@ -97,8 +85,6 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(OUTPUT)
         fs.get(f"{BUCKET_OUT}/topreward/", str(OUTPUT), recursive=True)
         print(f"demo: outputs copied from s3://{BUCKET_OUT}/topreward to {OUTPUT}")
-    finally:
-        server.stop()
     print("demo: S3 server stopped")
     return 0
 

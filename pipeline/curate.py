@@ -50,8 +50,7 @@ from lerobot.datasets.utils import (
 from lerobot.rewards.topreward.compute_rabc_weights import DEFAULT_OUTPUT_FILENAME as PROGRESS_FILENAME
 from lerobot.utils.utils import unflatten_dict
 
-from pipeline.storage import filesystem_for
-from pipeline.synth import upload_dataset
+from pipeline.storage import filesystem_for, upload_dataset
 
 __all__ = ["PROGRESS_FILENAME", "CuratedSummary", "CurationError", "write_curated_dataset"]
 

@@ -7,7 +7,9 @@ for text built from third-party exceptions.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -67,3 +69,31 @@ def redact(text: str, storage_options: Mapping[str, Any] | None) -> str:
         elif isinstance(value, str) and len(value) >= 4 and any(m in name.lower() for m in _SECRET_MARKERS):
             text = text.replace(value, "***")
     return text
+
+
+def upload_dataset(local_root: str | Path, fs: Any, uri: str) -> str:
+    """Uploads a dataset folder to an fsspec filesystem so that ``uri`` becomes the dataset root.
+
+    Args:
+        local_root: Local dataset folder (the one holding ``meta/``).
+        fs: An fsspec filesystem, e.g. ``s3fs.S3FileSystem``.
+        uri: Destination root, with or without protocol (``s3://bucket/prefix`` or ``bucket/prefix``).
+
+    Returns:
+        ``uri``, unchanged.
+
+    Raises:
+        RuntimeError: If a local file is not found at the same relative path under ``uri`` afterwards.
+    """
+    local_root = Path(local_root)
+    remote_root = fs._strip_protocol(uri).rstrip("/")
+    # The trailing slash makes fsspec copy the folder's contents into remote_root. Without it, a put into
+    # a prefix that already exists nests the folder one level down (cp -r semantics): remote_root/<name>/.
+    fs.put(f"{local_root}/", remote_root, recursive=True)
+    fs.invalidate_cache(remote_root)
+    local = {path.relative_to(local_root).as_posix() for path in local_root.rglob("*") if path.is_file()}
+    remote = {posixpath.relpath(path, remote_root) for path in fs.find(remote_root)}
+    missing = sorted(local - remote)
+    if missing:
+        raise RuntimeError(f"{len(missing)} files missing under {uri} after upload, e.g. {missing[:3]}")
+    return uri

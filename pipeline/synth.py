@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import posixpath
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +46,7 @@ from lerobot.datasets.utils import (
 )
 from lerobot.datasets.video_utils import get_video_info
 from lerobot.utils.constants import DEFAULT_FEATURES
+from PIL import Image, ImageFilter
 
 __all__ = [
     "DEFAULT_CAMERAS",
@@ -60,7 +60,6 @@ __all__ = [
     "synth_action",
     "synth_state",
     "task_for_episode",
-    "upload_dataset",
     "write_v21_dataset",
     "write_v30_dataset",
 ]
@@ -77,10 +76,14 @@ STATE_DIM = 6
 JOINT_NAMES = [f"joint_{i}" for i in range(STATE_DIM)]
 
 # Frame code: the 30-bit word (camera, episode, frame, 8-bit CRC) is drawn COPIES times, one bit per black or
-# white cell; each copy fills a WORD_ROWS x GRID_COLS band. At crf 30 SVT-AV1 now and then pastes a wrong
-# block, and it happily predicts one band from an identical one, so every copy scatters the bits in its own
-# order and flips them with its own checkerboard: a damaged block then hits different bits in each copy and
-# a per-bit majority vote repairs it. The CRC (and the copies' agreement) rejects garbage frames.
+# white cell; each copy fills a WORD_ROWS x GRID_COLS band, and a per-bit majority vote reads it back. Two
+# measures keep SVT-AV1 at lerobot's settings (crf 30, preset 12) from breaking it; both came from
+# stress-encoding thousands of codes at 64..256 px:
+# * with hard cell edges it left stale or misplaced blocks in ~0.1-0.5% of inter frames above 64 px, so the
+#   edges are softened with a Gaussian blur (no failure left after that);
+# * it readily predicts one band from an identical one, copying the same error into two copies, so every copy
+#   scatters the bits in its own order and flips them with its own checkerboard.
+# The CRC (and the copies' agreement) turns garbage frames into an error instead of a wrong code.
 CAMERA_BITS, EPISODE_BITS, FRAME_BITS, CHECK_BITS = 2, 8, 12, 8
 MAX_CAMERAS, MAX_EPISODES, MAX_FRAMES = 1 << CAMERA_BITS, 1 << EPISODE_BITS, 1 << FRAME_BITS
 PAYLOAD_BITS = CAMERA_BITS + EPISODE_BITS + FRAME_BITS
@@ -101,6 +104,8 @@ _CELL_ROW, _CELL_COL = np.divmod(np.arange(WORD_BITS), GRID_COLS)
 _MASK = np.stack([(_CELL_ROW + _CELL_COL) % 2 == 0, (_CELL_ROW + _CELL_COL) % 2 == 1, _CELL_COL % 2 == 1])
 # Decoded frames of a synthetic video have a few split votes at most; noise or a foreign image has many.
 MAX_SPLIT_VOTES = WORD_BITS // 5
+# Blur radius as a fraction of the shorter side: about a quarter of a cell, so cell centres stay saturated.
+BLUR_FRACTION = 1 / 40
 
 # v2.1 episodes_stats.jsonl predates the quantile columns that lerobot 0.6.1 computes.
 V21_STAT_KEYS = ("min", "max", "mean", "std", "count")
@@ -134,7 +139,7 @@ def make_frame(
             32x32; cells are 1/9 of the height and 1/10 of the width.
 
     Returns:
-        An ``(height, width, 3)`` uint8 RGB image of black (0) and white (255) cells.
+        An ``(height, width, 3)`` uint8 gray RGB image of black and white cells with softened edges.
 
     Raises:
         ValueError: If an index is out of the encodable range.
@@ -155,8 +160,9 @@ def make_frame(
     height, width = size
     rows = np.arange(height) * GRID_ROWS // height
     cols = np.arange(width) * GRID_COLS // width
-    gray = np.where(board[rows[:, None], cols[None, :]], 255, 0).astype(np.uint8)
-    return np.repeat(gray[:, :, None], 3, axis=2)
+    gray = Image.fromarray(np.where(board[rows[:, None], cols[None, :]], 255, 0).astype(np.uint8))
+    soft = gray.filter(ImageFilter.GaussianBlur(max(1, round(min(size) * BLUR_FRACTION))))
+    return np.repeat(np.asarray(soft)[:, :, None], 3, axis=2)
 
 
 def _cell_core(index: int, count: int, extent: int) -> slice:
@@ -282,7 +288,7 @@ def _corrupt_packets(path: Path, from_s: float, to_s: float, fps: int, seed: int
     """Overwrites the payload of every packet with ``from_s <= pts < to_s`` with random bytes.
 
     The container index (moov) stays intact, so the file still opens and the other episodes still decode;
-    only this time range decodes into errors (libdav1d reports InvalidDataError) or missing frames.
+    only this time range decodes into errors (libdav1d reports InvalidDataError), garbage or repeated frames.
     """
     half_frame = 0.5 / fps
     with av.open(str(path)) as container:
@@ -333,8 +339,10 @@ def write_v30_dataset(
             lerobot's default (2).
         seed: Seed of the random bytes written by ``corrupt_episode``.
         corrupt_episode: Episode whose packets are overwritten with random bytes, in every camera's packed
-            mp4. The file still opens and every other episode decodes; decoding this episode's time range
-            raises ``av.InvalidDataError`` or yields fewer (or unreadable) frames.
+            mp4 (located by its ``from_timestamp``/``to_timestamp`` and the packets' byte positions). The
+            container index stays valid, so the file opens and every other episode decodes intact (each
+            episode starts on a keyframe); decoding this episode raises ``av.InvalidDataError`` for most
+            packets, and the frames that do come out are fewer, garbage, or repeats of an earlier frame.
         missing_video_episode: Episode whose packed mp4 is deleted for every camera. Because files are
             packed, every episode stored in the same file (by default all of them) loses its video too.
 
@@ -351,7 +359,7 @@ def write_v30_dataset(
         robot_type="synth",
         use_videos=True,
         video_backend="pyav",
-        rgb_encoder=None if gop is None else _encoder(gop),
+        rgb_encoder=_encoder(gop),
     )
     for episode_index, length in enumerate(lengths):
         task = task_for_episode(episode_index, tasks)
@@ -544,34 +552,6 @@ def write_v21_dataset(
         if missing_video_episode is not None:
             (root / _v21_video_path(missing_video_episode, camera)).unlink()
     return root
-
-
-def upload_dataset(local_root: str | Path, fs: Any, uri: str) -> str:
-    """Uploads a dataset folder to an fsspec filesystem so that ``uri`` becomes the dataset root.
-
-    Args:
-        local_root: Local dataset folder (the one holding ``meta/``).
-        fs: An fsspec filesystem, e.g. ``s3fs.S3FileSystem``.
-        uri: Destination root, with or without protocol (``s3://bucket/prefix`` or ``bucket/prefix``).
-
-    Returns:
-        ``uri``, unchanged.
-
-    Raises:
-        RuntimeError: If a local file is not found at the same relative path under ``uri`` afterwards.
-    """
-    local_root = Path(local_root)
-    remote_root = fs._strip_protocol(uri).rstrip("/")
-    # The trailing slash makes fsspec copy the folder's contents into remote_root. Without it, a put into
-    # a prefix that already exists nests the folder one level down (cp -r semantics): remote_root/<name>/.
-    fs.put(f"{local_root}/", remote_root, recursive=True)
-    fs.invalidate_cache(remote_root)
-    local = {path.relative_to(local_root).as_posix() for path in local_root.rglob("*") if path.is_file()}
-    remote = {posixpath.relpath(path, remote_root) for path in fs.find(remote_root)}
-    missing = sorted(local - remote)
-    if missing:
-        raise RuntimeError(f"{len(missing)} files missing under {uri} after upload, e.g. {missing[:3]}")
-    return uri
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
+
+from pipeline.local_s3 import local_s3
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CACHE = PROJECT_ROOT / ".cache"
@@ -24,33 +25,17 @@ S3_SECRET = "testing-secret-do-not-log"
 BUCKET = "episodes"
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def s3_endpoint():
-    """moto's S3 server on 127.0.0.1, stopped at the end of the session."""
-    from moto.server import ThreadedMotoServer
-
+    """moto's S3 server on 127.0.0.1 with the test bucket, stopped at the end of the session."""
     for key, value in {
         "AWS_ACCESS_KEY_ID": S3_KEY,
         "AWS_SECRET_ACCESS_KEY": S3_SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
     }.items():
         os.environ[key] = value
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    import boto3
-
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket=BUCKET)
-    yield endpoint
-    server.stop()
+    with local_s3(BUCKET) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="session")
@@ -125,7 +110,7 @@ def synth_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synth_s3(s3, synth_dir) -> str:
     """The datasets of ``synth_dir`` uploaded to moto S3; returns the prefix ``s3://<bucket>/synth``."""
-    from pipeline.synth import upload_dataset
+    from pipeline.storage import upload_dataset
 
     prefix = f"s3://{BUCKET}/synth"
     for name in ("v30", "v21"):

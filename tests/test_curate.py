@@ -18,6 +18,7 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from pipeline import synth
 from pipeline.curate import PROGRESS_FILENAME, CurationError, write_curated_dataset
+from pipeline.storage import upload_dataset
 from tests.conftest import BUCKET
 
 LENGTHS = (15, 20, 18, 25, 16)
@@ -155,7 +156,7 @@ def test_progress_is_reindexed_to_the_new_global_index(curated: Path, progress: 
 def test_s3_source_to_s3_destination(
     v30_source: Path, progress: pa.Table, s3, s3_options: dict, tmp_path: Path
 ) -> None:
-    source_uri = synth.upload_dataset(v30_source, s3, f"s3://{BUCKET}/curate/source")
+    source_uri = upload_dataset(v30_source, s3, f"s3://{BUCKET}/curate/source")
     dest_uri = f"s3://{BUCKET}/curate/out/curated"
     for selected in ([0, 2], SELECTED):  # the second run replaces the first
         summary = write_curated_dataset(
@@ -202,7 +203,7 @@ def test_files_roll_over_at_the_source_size_limits(v30_source: Path, tmp_path: P
     source = shutil.copytree(v30_source, tmp_path / "small_files")
     info = json.loads((source / "meta" / "info.json").read_text())
     # About one episode per file: an episode's video is ~20 kB per camera, its rows ~2 kB.
-    info.update(video_files_size_in_mb=0.02, data_files_size_in_mb=0.002, chunks_size=2)
+    info.update(video_files_size_in_mb=0.004, data_files_size_in_mb=0.002, chunks_size=2)
     (source / "meta" / "info.json").write_text(json.dumps(info))
     dest = tmp_path / "curated"
     write_curated_dataset(str(source), SELECTED, str(dest))

@@ -1,0 +1,169 @@
+"""Benchmark: the full Ray Data pipeline vs a bare Python loop, and memory as the dataset doubles.
+
+One run, side by side, on a synthetic LeRobot v3.0 dataset served by moto S3 on 127.0.0.1:
+
+* bare loop: catalog, then for each episode decode + cached scorer + labels in one process;
+* Ray: ``pipeline.relabel.run`` (decode tasks, scorer actor pool, labels, committed shards, publish).
+
+Each is run on N and 2N episodes. Throughput is reported including start-up (model load, actor start)
+and as the marginal rate N / (t(2N) - t(N)), which cancels fixed costs. Peak RSS of the driver and of
+the Ray worker processes is sampled during each Ray run: it should stay flat when the data doubles.
+
+    python -m bench.pipeline [--episodes 12] [--length 300] [--model-size bench] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import tempfile
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import psutil
+import ray
+
+from pipeline.catalog import list_episodes
+from pipeline.config import RelabelConfig, load_config
+from pipeline.frames.decode import decode_episode
+from pipeline.local_s3 import local_s3
+from pipeline.models.tiny import ensure_tiny_model
+from pipeline.relabel import run
+from pipeline.scoring.scorer import PrefixScorer
+from pipeline.stages.label import label_episode
+from pipeline.storage import upload_dataset
+from pipeline.synth import write_v30_dataset
+
+CACHE = Path(__file__).resolve().parent.parent / ".cache"
+
+
+class RssSampler:
+    """Samples the peak RSS of the Ray worker processes (all non-driver Ray processes) in a thread."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.interval = interval
+        self.peak_worker_mib = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        me = os.getpid()
+        while not self._stop.is_set():
+            for proc in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+                cmd = " ".join(proc.info["cmdline"] or [])
+                if proc.info["pid"] != me and proc.info["memory_info"] and "ray::" in cmd:
+                    self.peak_worker_mib = max(self.peak_worker_mib, proc.info["memory_info"].rss / 2**20)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def bare_loop(cfg: RelabelConfig) -> float:
+    """Seconds for catalog + model load + decode/score/label of every episode in one process."""
+    start = time.perf_counter()
+    scorer = PrefixScorer(cfg.model, cfg.scoring)
+    success, curation = asdict(cfg.success), asdict(cfg.curation)
+    for record in list_episodes(cfg.source):
+        row = decode_episode(
+            record.to_row(), cfg.frames, cfg.prefixes, cfg.source.storage_options, cfg.source.block_size
+        )
+        scores = scorer.score(
+            row["frames"], row["frame_indices"], row["fps"], row["length"], row["task"], row["prefix_ends"]
+        )
+        row.update(log_p_true=scores.log_p_true, log_p_false=scores.log_p_false)
+        label_episode(row, success, curation)
+    return time.perf_counter() - start
+
+
+def ray_run(cfg: RelabelConfig) -> tuple[float, float]:
+    """Seconds for the Ray pipeline run, and the peak RSS (MiB) of Ray workers during it."""
+    with RssSampler() as sampler:
+        start = time.perf_counter()
+        summary = run(cfg)
+        elapsed = time.perf_counter() - start
+    assert summary.scored == sum(d.scored for d in summary.datasets.values()) > 0
+    return elapsed, sampler.peak_worker_mib
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run both paths on N and 2N episodes and print the comparison."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--episodes", type=int, default=12, help="N; the second size is 2N")
+    parser.add_argument("--length", type=int, default=300, help="frames per episode (30 fps)")
+    parser.add_argument("--model-size", choices=("tiny", "bench"), default="bench")
+    parser.add_argument("--frame-size", type=int, default=224, help="pinned frame size (multiple of 32)")
+    args, overrides = parser.parse_known_args(argv)
+    args.overrides = overrides
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
+    )
+
+    import s3fs
+
+    model = ensure_tiny_model(
+        CACHE / "models" / f"{args.model_size}-qwen3_vl-s0", "qwen3_vl", args.model_size, 0
+    )
+    with local_s3("bench") as endpoint:
+        _compare(args, model, endpoint, s3fs.S3FileSystem(endpoint_url=endpoint, use_listings_cache=False))
+
+
+def _compare(args: argparse.Namespace, model: Path, endpoint: str, fs: object) -> None:
+    sizes = n1, n2 = args.episodes, 2 * args.episodes
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        for n in sizes:
+            local = write_v30_dataset(
+                Path(tmp) / f"n{n}", repo_id=f"bench/n{n}", lengths=[args.length] * n, fps=30
+            )
+            upload_dataset(local, fs, f"s3://bench/fleet/n{n}")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+
+    def config(n: int, output: str) -> RelabelConfig:
+        storage = f"{{endpoint_url: '{endpoint}'}}"
+        return load_config(
+            [f"source.uris=[s3://bench/fleet/n{n}]", f"source.storage_options={storage}",
+             f"output.uri=s3://bench/{output}", f"output.storage_options={storage}", f"model.path={model}",
+             f"frames.height={args.frame_size}", f"frames.width={args.frame_size}", "frames.max_frames=32",
+             "curation.enabled=false", *args.overrides]
+        )  # fmt: skip
+
+    # Warm-ups: first calls pay for imports, kernel selection and Ray's worker processes starting.
+    bare_loop(config(n1, "warm-bare"))
+    bare = {n: bare_loop(config(n, f"bare{n}")) for n in sizes}
+    ray_run(config(n1, "warm-ray"))
+    driver_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rays, workers, drivers = {}, {}, {}
+    for n in sizes:
+        rays[n], workers[n] = ray_run(config(n, f"ray{n}"))
+        drivers[n] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    ray.shutdown()
+
+    print(f"dataset: {args.length} frames/episode at 30 fps on moto S3; model {model.name}; 2 CPUs")
+    print(f"{'':<34}{'N=' + str(n1):>12}{'2N=' + str(n2):>12}{'marginal':>12}")
+    for name, times in (("bare loop, episodes/s", bare), ("Ray pipeline, episodes/s", rays)):
+        marginal = n1 / max(times[n2] - times[n1], 1e-9)
+        print(f"{name:<34}{n1 / times[n1]:>12.2f}{n2 / times[n2]:>12.2f}{marginal:>12.2f}")
+    bare_marginal = n1 / max(bare[n2] - bare[n1], 1e-9)
+    ray_marginal = n1 / max(rays[n2] - rays[n1], 1e-9)
+    ratio = ray_marginal / bare_marginal
+    print(f"Ray / bare loop: {ratio:.0%} marginal, {bare[n2] / rays[n2]:.0%} at 2N (target >= 80%)")
+    print(
+        f"driver peak RSS MiB: before timed Ray runs {driver_before:.0f}, "
+        f"after N {drivers[n1]:.0f}, after 2N {drivers[n2]:.0f}"
+    )
+    print(f"Ray worker peak RSS MiB: N {workers[n1]:.0f}, 2N {workers[n2]:.0f} (target: flat)")
+
+
+if __name__ == "__main__":
+    main()
