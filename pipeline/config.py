@@ -119,6 +119,7 @@ class RayConfig:
     scorer_num_gpus: float = 0.0
     scorer_num_cpus: float = 0.5
     scorer_batch_size: int = 1
+    scorer_threads: int | None = None
     decode_num_cpus: float = 0.5
     decode_concurrency: int | None = None
 

@@ -93,7 +93,11 @@ def build_dataset(rows: list[dict[str, Any]], cfg: RelabelConfig, chash: str) ->
         # (whole CPUs held by actors starve the decode tasks and the pipeline deadlocks).
         .map_batches(
             ScoreEpisodes,
-            fn_constructor_kwargs={"model": asdict(cfg.model), "scoring": asdict(cfg.scoring)},
+            fn_constructor_kwargs={
+                "model": asdict(cfg.model),
+                "scoring": asdict(cfg.scoring),
+                "threads": cfg.ray.scorer_threads,
+            },
             compute=ray.data.ActorPoolStrategy(size=cfg.ray.scorer_actors),
             batch_size=cfg.ray.scorer_batch_size,
             batch_format="numpy",

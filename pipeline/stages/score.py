@@ -34,9 +34,12 @@ def is_fatal_device_error(err: BaseException) -> bool:
 class ScoreEpisodes:
     """Scores a batch of decoded episodes with the cached TOPReward scorer."""
 
-    def __init__(self, model: dict[str, Any], scoring: dict[str, Any]) -> None:
+    def __init__(self, model: dict[str, Any], scoring: dict[str, Any], threads: int | None = None) -> None:
         self.scorer = PrefixScorer(ModelConfig(**model), ScoringConfig(**scoring))
         self.model_name = model["path"]
+        if self.scorer.loaded.device.type == "cpu":
+            # Ray sets OMP_NUM_THREADS=1 for fractional-CPU actors; CPU scoring wants the node's cores.
+            torch.set_num_threads(threads or os.cpu_count() or 1)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Score each row of a numpy batch; failures go on the row."""
