@@ -22,7 +22,7 @@ import torch
 from pipeline.config import ModelConfig, ScoringConfig
 from pipeline.frames.schedule import episode_schedule
 from pipeline.models.tiny import ensure_tiny_model
-from pipeline.scoring.inputs import encode_video_prompt
+from pipeline.scoring.inputs import EpisodeClip, encode_video_prompt
 from pipeline.scoring.scorer import PrefixScorer
 
 CACHE = Path(__file__).resolve().parent.parent / ".cache" / "models"
@@ -70,12 +70,11 @@ def main(argv: list[str] | None = None) -> None:
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (len(schedule.raw_indices), args.size, args.size, 3), dtype=np.uint8)
     task = "pick up the red cube and put it in the box"
-    call = (frames, schedule.raw_indices, RAW_FPS, num_raw, task, schedule.prefix_ends)
-    sampled_fps = len(frames) * RAW_FPS / num_raw
+    clip = EpisodeClip(frames, schedule.raw_indices, RAW_FPS, num_raw, schedule.prefix_ends)
 
     def floor() -> None:
         batch = encode_video_prompt(
-            loaded.processor, scorer._prompt(task), frames, schedule.raw_indices, RAW_FPS, sampled_fps
+            loaded.processor, scorer._prompt(task), frames, schedule.raw_indices, RAW_FPS, clip.sampled_fps
         )
         with torch.inference_mode():
             loaded.model(**{k: v.to(loaded.device) for k, v in batch.items()}, logits_to_keep=1)
@@ -83,11 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     rss_start = _peak_rss_mib()
     t_floor = _median_seconds(floor, args.repeats)
     rss_floor = _peak_rss_mib()
-    t_cached = _median_seconds(lambda: scorer.score(*call), args.repeats)
+    t_cached = _median_seconds(lambda: scorer.score(clip, task), args.repeats)
     rss_cached = _peak_rss_mib()
-    t_naive = _median_seconds(lambda: scorer.score_reference(*call), args.repeats)
+    t_naive = _median_seconds(lambda: scorer.score_reference(clip, task), args.repeats)
     rss_naive = _peak_rss_mib()
-    diff = np.abs(scorer.score(*call).log_p_true - scorer.score_reference(*call).log_p_true).max()
+    diff = np.abs(scorer.score(clip, task).log_p_true - scorer.score_reference(clip, task).log_p_true).max()
 
     print(f"model: {model_path} ({params / 1e6:.2f} M parameters, {loaded.dtype}, {loaded.device})")
     print(

@@ -72,7 +72,16 @@ def _column(batch: dict[str, np.ndarray], name: str, size: int, default: Any) ->
     return [v.tolist() if isinstance(v, np.ndarray) else v for v in values]
 
 
-def batch_to_table(batch: dict[str, np.ndarray], config_hash: str, scored_at: datetime) -> pa.Table:
+def _utc(value: Any) -> datetime | None:
+    """A scorer timestamp as an aware UTC datetime (numpy batches carry naive datetime64, NaT if unset)."""
+    if isinstance(value, np.datetime64):
+        value = None if np.isnat(value) else value.astype("datetime64[us]").item()
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def batch_to_table(batch: dict[str, np.ndarray], config_hash: str) -> pa.Table:
     """The shard table for a numpy batch of labelled rows, in ``SHARD_SCHEMA``."""
     size = len(batch["episode_index"])
     columns: dict[str, list[Any]] = {}
@@ -80,7 +89,9 @@ def batch_to_table(batch: dict[str, np.ndarray], config_hash: str, scored_at: da
         if field.name == "config_hash":
             columns[field.name] = [config_hash] * size
         elif field.name == "scored_at":
-            columns[field.name] = [scored_at] * size
+            # Rows that never reached the scorer (failed earlier) are stamped when committed.
+            now = datetime.now(UTC)
+            columns[field.name] = [_utc(t) or now for t in _column(batch, field.name, size, None)]
         else:
             default = 0 if pa.types.is_integer(field.type) else None
             columns[field.name] = _column(batch, field.name, size, default)
@@ -123,7 +134,7 @@ def write_shards(
 
     Returns the small per-episode summary columns (``SUMMARY_COLUMNS``) for the driver's report.
     """
-    table = batch_to_table(batch, config_hash, datetime.now(UTC))
+    table = batch_to_table(batch, config_hash)
     for dataset_id in sorted(set(table.column("dataset_id").to_pylist())):
         part = table.filter(pa.compute.equal(table.column("dataset_id"), dataset_id))
         commit_shard(part, state_uri(output_uri, config_hash, dataset_id), storage_options)

@@ -3,6 +3,7 @@ as calling decode + scorer + labels directly."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,6 +16,7 @@ from pipeline.config import load_config
 from pipeline.frames.decode import decode_episode
 from pipeline.publish import EPISODES_FILE, PROGRESS_FILE
 from pipeline.relabel import format_summary, run
+from pipeline.scoring.inputs import EpisodeClip
 from pipeline.scoring.scorer import PrefixScorer
 from pipeline.stages.label import label_episode
 from tests.conftest import BUCKET, SYNTH_LENGTHS
@@ -48,19 +50,10 @@ def _read(s3, uri: str):
 
 def _direct_labels(cfg, row: dict) -> dict:
     """Decode, score and label one episode without Ray: the numbers the pipeline must reproduce."""
-    from dataclasses import asdict
-
     decoded = decode_episode(row, cfg.frames, cfg.prefixes, cfg.source.storage_options, cfg.source.block_size)
     assert decoded["status"] == "ok", decoded["error"]
     scorer = PrefixScorer(cfg.model, cfg.scoring)
-    scores = scorer.score(
-        decoded["frames"],
-        decoded["frame_indices"],
-        row["fps"],
-        row["length"],
-        row["task"],
-        decoded["prefix_ends"],
-    )
+    scores = scorer.score(EpisodeClip.from_row(decoded), row["task"])
     decoded.update(log_p_true=scores.log_p_true, log_p_false=scores.log_p_false)
     return label_episode(decoded, asdict(cfg.success), asdict(cfg.curation))
 

@@ -13,7 +13,8 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import PROJECT_ROOT, free_port
+from pipeline.local_s3 import free_port
+from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).parent / "ray")
@@ -43,7 +44,10 @@ def ray_head():
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", f"--port={free_port()}", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", "--num-cpus=2",
-         f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+         f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+         # Own agent ports: another Ray on this machine (the session fixture's) holds the defaults.
+         f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+         f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     address = f"http://127.0.0.1:{dashboard}"

@@ -7,6 +7,7 @@ import torch
 import pipeline.scoring.cached as cached
 from pipeline.config import ModelConfig, ScoringConfig
 from pipeline.frames.schedule import episode_schedule
+from pipeline.scoring.inputs import EpisodeClip
 from pipeline.scoring.scorer import PrefixScorer
 
 TOL = 1e-5
@@ -24,16 +25,15 @@ def qwen25_scorer(tiny_qwen25_dir):
     return PrefixScorer(ModelConfig(path=str(tiny_qwen25_dir)), ScoringConfig(suffix_chunk=3))
 
 
-def _episode(num_raw: int, num_prefixes: int, size: int, max_frames: int = 16, seed: int = 0):
+def _episode(num_raw: int, num_prefixes: int, size: int, max_frames: int = 16, seed: int = 0) -> EpisodeClip:
     schedule = episode_schedule(num_raw, RAW_FPS, 2.0, max_frames, num_prefixes)
     rng = np.random.default_rng(seed)
     frames = rng.integers(0, 256, (len(schedule.raw_indices), size, size, 3), dtype=np.uint8)
-    return schedule, frames
+    return EpisodeClip(frames, schedule.raw_indices, RAW_FPS, num_raw, schedule.prefix_ends)
 
 
-def _both(scorer, schedule, frames, num_raw):
-    args = (frames, schedule.raw_indices, RAW_FPS, num_raw, TASK, schedule.prefix_ends)
-    return scorer.score(*args), scorer.score_reference(*args)
+def _both(scorer, clip):
+    return scorer.score(clip, TASK), scorer.score_reference(clip, TASK)
 
 
 CASES = [
@@ -48,9 +48,9 @@ CASES = [
 
 @pytest.mark.parametrize(("num_raw", "num_prefixes"), CASES)
 def test_qwen3_cached_equals_reference(qwen3_scorer, num_raw, num_prefixes):
-    schedule, frames = _episode(num_raw, num_prefixes, size=64)
-    fast, slow = _both(qwen3_scorer, schedule, frames, num_raw)
-    assert fast.log_p_true.shape == (len(schedule.prefix_ends),)
+    clip = _episode(num_raw, num_prefixes, size=64)
+    fast, slow = _both(qwen3_scorer, clip)
+    assert fast.log_p_true.shape == (len(clip.prefix_ends),)
     np.testing.assert_allclose(fast.log_p_true, slow.log_p_true, rtol=0, atol=TOL)
     np.testing.assert_allclose(fast.log_p_false, slow.log_p_false, rtol=0, atol=TOL)
     assert np.all(fast.log_p_true < 0)
@@ -58,26 +58,23 @@ def test_qwen3_cached_equals_reference(qwen3_scorer, num_raw, num_prefixes):
 
 @pytest.mark.parametrize(("num_raw", "num_prefixes"), CASES[:4])
 def test_qwen25_cached_equals_reference(qwen25_scorer, num_raw, num_prefixes):
-    schedule, frames = _episode(num_raw, num_prefixes, size=56)
-    fast, slow = _both(qwen25_scorer, schedule, frames, num_raw)
+    fast, slow = _both(qwen25_scorer, _episode(num_raw, num_prefixes, size=56))
     np.testing.assert_allclose(fast.log_p_true, slow.log_p_true, rtol=0, atol=TOL)
     np.testing.assert_allclose(fast.log_p_false, slow.log_p_false, rtol=0, atol=TOL)
 
 
 def test_prefixes_see_different_video(qwen3_scorer):
     """Scores change across prefixes: each one really sees its own part of the video."""
-    schedule, frames = _episode(61, 8, size=64)
-    scores = qwen3_scorer.score(frames, schedule.raw_indices, RAW_FPS, 61, TASK, schedule.prefix_ends)
+    scores = qwen3_scorer.score(_episode(61, 8, size=64), TASK)
     assert np.ptp(scores.log_p_true) > 1e-3
 
 
 def test_chunking_does_not_change_numbers(tiny_model_dir, qwen3_scorer):
-    schedule, frames = _episode(61, 1000, size=64)
-    args = (frames, schedule.raw_indices, RAW_FPS, 61, TASK, schedule.prefix_ends)
+    clip = _episode(61, 1000, size=64)
     one_pass = PrefixScorer(ModelConfig(path=str(tiny_model_dir)), ScoringConfig(suffix_chunk=64)).score(
-        *args
+        clip, TASK
     )
-    chunked = qwen3_scorer.score(*args)
+    chunked = qwen3_scorer.score(clip, TASK)
     np.testing.assert_allclose(one_pass.log_p_true, chunked.log_p_true, rtol=0, atol=TOL)
 
 
@@ -90,10 +87,10 @@ def test_control_wrong_positions_is_detected(qwen3_scorer, monkeypatch):
         full_cut = len(batch["input_ids"][0]) - suffix_ids.numel() - 1
         return original(model, batch, full_cut, full_blocks, suffix_ids)
 
-    schedule, frames = _episode(61, 8, size=64)
-    _, slow = _both(qwen3_scorer, schedule, frames, 61)
+    clip = _episode(61, 8, size=64)
+    _, slow = _both(qwen3_scorer, clip)
     monkeypatch.setattr(cached, "suffix_positions", from_full_video)
-    fast = qwen3_scorer.score(frames, schedule.raw_indices, RAW_FPS, 61, TASK, schedule.prefix_ends)
+    fast = qwen3_scorer.score(clip, TASK)
     assert np.abs(fast.log_p_true - slow.log_p_true)[:-1].max() > 100 * TOL
 
 
@@ -106,10 +103,10 @@ def test_control_no_prefix_mask_is_detected(qwen3_scorer, monkeypatch):
         return mask
 
     cached_mask = cached.packed_suffix_mask
-    schedule, frames = _episode(61, 8, size=64)
-    _, slow = _both(qwen3_scorer, schedule, frames, 61)
+    clip = _episode(61, 8, size=64)
+    _, slow = _both(qwen3_scorer, clip)
     monkeypatch.setattr(cached, "packed_suffix_mask", whole_context)
-    fast = qwen3_scorer.score(frames, schedule.raw_indices, RAW_FPS, 61, TASK, schedule.prefix_ends)
+    fast = qwen3_scorer.score(clip, TASK)
     assert np.abs(fast.log_p_true - slow.log_p_true)[:-1].max() > 100 * TOL
 
 
@@ -124,6 +121,5 @@ def test_packed_mask_shape_and_visibility():
 
 
 def test_frames_off_the_patch_grid_are_refused(qwen3_scorer):
-    schedule, frames = _episode(20, 4, size=48)
     with pytest.raises(ValueError, match="multiples of 32"):
-        qwen3_scorer.score(frames, schedule.raw_indices, RAW_FPS, 20, TASK, schedule.prefix_ends)
+        qwen3_scorer.score(_episode(20, 4, size=48), TASK)

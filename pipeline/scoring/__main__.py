@@ -20,6 +20,7 @@ import numpy as np
 from pipeline.catalog import list_episodes
 from pipeline.config import ConfigError, RelabelConfig, load_config
 from pipeline.frames.decode import decode_episode
+from pipeline.scoring.inputs import EpisodeClip
 from pipeline.scoring.scorer import PrefixScorer
 from pipeline.stages.label import label_episode
 from pipeline.storage import filesystem_for
@@ -92,9 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     if row["status"] != "ok":
         print(f"pipeline.scoring: {row['error']}", file=sys.stderr)
         return 1
-    scores = PrefixScorer(cfg.model, cfg.scoring).score(
-        row["frames"], row["frame_indices"], row["fps"], row["length"], row["task"], row["prefix_ends"]
-    )
+    scores = PrefixScorer(cfg.model, cfg.scoring).score(EpisodeClip.from_row(row), row["task"])
     row.update(log_p_true=scores.log_p_true, log_p_false=scores.log_p_false)
     row = label_episode(row, asdict(cfg.success), asdict(cfg.curation))
     print(f"{row['task']!r}: {row['length']} frames at {row['fps']:g} fps, model {cfg.model.path}")

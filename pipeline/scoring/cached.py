@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pipeline.frames.schedule import TEMPORAL_BLOCK
-from pipeline.scoring.inputs import block_ends, encode_video_prompt
+from pipeline.scoring.inputs import EpisodeClip, block_ends, encode_video_prompt
 from pipeline.scoring.model import LoadedModel
 
 
@@ -58,15 +58,7 @@ def packed_suffix_mask(
 
 @torch.inference_mode()
 def cached_scores(
-    loaded: LoadedModel,
-    prompt: str,
-    frames: np.ndarray,
-    raw_indices: np.ndarray,
-    raw_fps: float,
-    num_raw: int,
-    prefix_ends: np.ndarray,
-    false_id: int,
-    suffix_chunk: int = 16,
+    loaded: LoadedModel, prompt: str, clip: EpisodeClip, false_id: int, suffix_chunk: int = 16
 ) -> tuple[np.ndarray, np.ndarray]:
     """log P(answer) and log P(false answer) for every prefix, from one context forward.
 
@@ -75,7 +67,7 @@ def cached_scores(
     """
     model, processor, device = loaded.model, loaded.processor, loaded.device
     batch = encode_video_prompt(
-        processor, prompt, frames, raw_indices, raw_fps, len(frames) * raw_fps / num_raw
+        processor, prompt, clip.frames, clip.raw_indices, clip.raw_fps, clip.sampled_fps
     )
     num_blocks = int(batch["video_grid_thw"][0, 0])
     tokenizer = processor.tokenizer
@@ -108,7 +100,7 @@ def cached_scores(
     )
     cache = context.cache
 
-    blocks_per_prefix = [int(end) // TEMPORAL_BLOCK for end in prefix_ends]
+    blocks_per_prefix = [int(end) // TEMPORAL_BLOCK for end in clip.prefix_ends]
     true_lp: list[np.ndarray] = []
     false_lp: list[np.ndarray] = []
     for start in range(0, len(blocks_per_prefix), suffix_chunk):

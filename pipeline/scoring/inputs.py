@@ -2,10 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+
+
+@dataclass(frozen=True)
+class EpisodeClip:
+    """One episode as the scorers take it: sampled frames, their raw indices, timing, prefix ends."""
+
+    frames: np.ndarray
+    raw_indices: np.ndarray
+    raw_fps: float
+    num_raw: int
+    prefix_ends: np.ndarray
+
+    @property
+    def sampled_fps(self) -> float:
+        """The episode's sampling rate (the same for the full video and every prefix)."""
+        return len(self.frames) * self.raw_fps / self.num_raw
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> EpisodeClip:
+        """The clip of a decoded pipeline row (``pipeline.frames.decode.decode_episode`` output)."""
+        return cls(
+            frames=np.asarray(row["frames"]),
+            raw_indices=np.asarray(row["frame_indices"]),
+            raw_fps=float(row["fps"]),
+            num_raw=int(row["length"]),
+            prefix_ends=np.asarray(row["prefix_ends"]),
+        )
 
 
 def encode_video_prompt(

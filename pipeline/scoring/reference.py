@@ -8,38 +8,31 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.scoring.inputs import encode_video_prompt
+from pipeline.scoring.inputs import EpisodeClip, encode_video_prompt
 from pipeline.scoring.model import LoadedModel
 
 
 @torch.inference_mode()
 def reference_scores(
-    loaded: LoadedModel,
-    prompt: str,
-    frames: np.ndarray,
-    raw_indices: np.ndarray,
-    raw_fps: float,
-    num_raw: int,
-    prefix_ends: np.ndarray,
-    false_id: int,
+    loaded: LoadedModel, prompt: str, clip: EpisodeClip, false_id: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """log P(answer) and log P(false answer) at the last position, one processor + forward per prefix.
 
     Args:
         loaded: model, processor and device.
         prompt: the full prompt ending in the scored answer token.
-        frames: sampled frames (N, H, W, 3) uint8.
-        raw_indices: raw frame index of each sampled frame.
-        raw_fps: the episode's native frame rate.
-        num_raw: the episode's raw length.
-        prefix_ends: number of sampled frames each prefix shows.
+        clip: the episode's sampled frames, their raw indices and timing, and the prefix ends.
         false_id: token id of the companion answer.
     """
-    sampled_fps = len(frames) * raw_fps / num_raw
     true_lp, false_lp = [], []
-    for end in prefix_ends:
+    for end in clip.prefix_ends:
         batch = encode_video_prompt(
-            loaded.processor, prompt, frames[:end], raw_indices[:end], raw_fps, sampled_fps
+            loaded.processor,
+            prompt,
+            clip.frames[:end],
+            clip.raw_indices[:end],
+            clip.raw_fps,
+            clip.sampled_fps,
         )
         batch = {k: v.to(loaded.device) for k, v in batch.items()}
         logits = loaded.model(**batch, logits_to_keep=2).logits[0, 0].float()

@@ -9,6 +9,7 @@ import numpy as np
 
 from pipeline.config import ModelConfig, ScoringConfig
 from pipeline.scoring.cached import cached_scores
+from pipeline.scoring.inputs import EpisodeClip
 from pipeline.scoring.model import load_model
 from pipeline.scoring.prompt import build_prompt, check_answer_token, false_token_id
 from pipeline.scoring.reference import reference_scores
@@ -38,56 +39,21 @@ class PrefixScorer:
         check_answer_token(self.loaded.processor, last, self.scoring)
         return prompt
 
-    def score(
-        self,
-        frames: np.ndarray,
-        raw_indices: np.ndarray,
-        raw_fps: float,
-        num_raw: int,
-        instruction: str,
-        prefix_ends: np.ndarray,
-    ) -> PrefixScores:
+    def score(self, clip: EpisodeClip, instruction: str) -> PrefixScores:
         """Score every prefix of one episode: one context forward plus batched suffix passes.
 
         Args:
-            frames: sampled frames (N, H, W, 3) uint8, N even, H and W multiples of the model's patch grid.
-            raw_indices: raw frame index of each sampled frame (gives real timestamps).
-            raw_fps: the episode's native frame rate.
-            num_raw: the episode's raw length in frames.
+            clip: sampled frames (N, H, W, 3) uint8 with N even and H, W multiples of the model's patch
+                grid, their raw indices (real timestamps), the raw fps and length, and the prefix ends
+                (even sampled-frame counts, ascending, the last equal to N).
             instruction: the task text.
-            prefix_ends: sampled-frame count of each prefix, even, ascending, the last equal to N.
         """
         true_lp, false_lp = cached_scores(
-            self.loaded,
-            self._prompt(instruction),
-            frames,
-            np.asarray(raw_indices),
-            raw_fps,
-            num_raw,
-            np.asarray(prefix_ends),
-            self.false_id,
-            self.scoring.suffix_chunk,
+            self.loaded, self._prompt(instruction), clip, self.false_id, self.scoring.suffix_chunk
         )
         return PrefixScores(true_lp, false_lp)
 
-    def score_reference(
-        self,
-        frames: np.ndarray,
-        raw_indices: np.ndarray,
-        raw_fps: float,
-        num_raw: int,
-        instruction: str,
-        prefix_ends: np.ndarray,
-    ) -> PrefixScores:
+    def score_reference(self, clip: EpisodeClip, instruction: str) -> PrefixScores:
         """The same scores by one full forward per prefix (slow; the ground truth)."""
-        true_lp, false_lp = reference_scores(
-            self.loaded,
-            self._prompt(instruction),
-            frames,
-            np.asarray(raw_indices),
-            raw_fps,
-            num_raw,
-            np.asarray(prefix_ends),
-            self.false_id,
-        )
+        true_lp, false_lp = reference_scores(self.loaded, self._prompt(instruction), clip, self.false_id)
         return PrefixScores(true_lp, false_lp)

@@ -2,24 +2,28 @@
 
 Input columns: the decoded episode (``frames``, ``frame_indices``, ``prefix_ends``, ``fps``, ``length``,
 ``task``, ``status``, ``error`` and the catalog's columns). Output: the same rows without ``frames``
-(they are large and no later stage needs them), plus ``log_p_true`` and ``log_p_false`` per prefix and
-``model``. A row that fails to score is marked ``failed`` with the reason; the batch goes on.
+(they are large and no later stage needs them), plus ``log_p_true`` and ``log_p_false`` per prefix,
+``model`` and ``scored_at`` (UTC, when the row was scored). A row that fails to score is marked
+``failed`` with the reason; the batch goes on.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.config import ModelConfig, ScoringConfig
+from pipeline.scoring.inputs import EpisodeClip
 from pipeline.scoring.scorer import PrefixScorer
 
 log = logging.getLogger(__name__)
 
+CLIP_COLUMNS = ("frames", "frame_indices", "fps", "length", "prefix_ends")
 # Errors after which the CUDA context is unusable: only a fresh process recovers.
 _FATAL_DEVICE_MARKERS = ("CUDA error", "device-side assert", "illegal memory access", "NCCL error")
 
@@ -48,18 +52,13 @@ class ScoreEpisodes:
         false_lp: list[np.ndarray] = []
         status = list(batch["status"])
         error = list(batch["error"])
+        scored_at: list[datetime | None] = []
         for i in range(size):
             scores = (np.zeros(0), np.zeros(0))
             if status[i] == "ok":
                 try:
-                    result = self.scorer.score(
-                        np.asarray(batch["frames"][i]),
-                        np.asarray(batch["frame_indices"][i]),
-                        float(batch["fps"][i]),
-                        int(batch["length"][i]),
-                        str(batch["task"][i]),
-                        np.asarray(batch["prefix_ends"][i]),
-                    )
+                    row = {key: batch[key][i] for key in CLIP_COLUMNS}
+                    result = self.scorer.score(EpisodeClip.from_row(row), str(batch["task"][i]))
                     scores = (result.log_p_true, result.log_p_false)
                 except Exception as err:
                     if is_fatal_device_error(err):
@@ -70,12 +69,14 @@ class ScoreEpisodes:
                     error[i] = f"{batch['dataset_id'][i]} episode {batch['episode_index'][i]}: scoring: {err}"
             true_lp.append(scores[0])
             false_lp.append(scores[1])
+            scored_at.append(datetime.now(UTC) if status[i] == "ok" else None)
         out = {key: value for key, value in batch.items() if key != "frames"}
         out["status"] = np.array(status, dtype=object)
         out["error"] = np.array(error, dtype=object)
         out["log_p_true"] = _ragged(true_lp)
         out["log_p_false"] = _ragged(false_lp)
         out["model"] = np.array([self.model_name] * size, dtype=object)
+        out["scored_at"] = np.array(scored_at, dtype=object)
         return out
 
 
