@@ -43,8 +43,8 @@ def demo_overrides(model_dir: Path, endpoint: str) -> list[str]:
         "frames.height=64",
         "frames.width=64",
         "frames.max_frames=16",
-        # The tiny random model scores around -6.5; this threshold splits its episodes for the demo.
-        "success.threshold=-6.5",
+        # The tiny random model scores episodes between about -6.5 and -5.9; this splits them for the demo.
+        "success.threshold=-6.2",
     ]
 
 

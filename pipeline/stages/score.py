@@ -69,7 +69,8 @@ class ScoreEpisodes:
                     error[i] = f"{batch['dataset_id'][i]} episode {batch['episode_index'][i]}: scoring: {err}"
             true_lp.append(scores[0])
             false_lp.append(scores[1])
-            scored_at.append(datetime.now(UTC) if status[i] == "ok" else None)
+            # Naive UTC: Ray's numpy batches cannot carry a timezone (the shard writer restores it).
+            scored_at.append(datetime.now(UTC).replace(tzinfo=None) if status[i] == "ok" else None)
         out = {key: value for key, value in batch.items() if key != "frames"}
         out["status"] = np.array(status, dtype=object)
         out["error"] = np.array(error, dtype=object)
