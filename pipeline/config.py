@@ -172,7 +172,8 @@ def load_config(overrides: list[str] | None = None, yaml_path: str | Path | None
 
     Args:
         overrides: dotlist entries such as ``["frames.fps=4", "source.uris=[s3://b/ds]"]``.
-        yaml_path: YAML to merge under the overrides; ``conf/relabel.yaml`` when None.
+        yaml_path: YAML to merge under the overrides; ``conf/relabel.yaml`` when None (skipped when the
+            package runs from an installed wheel without it).
 
     Returns:
         The frozen, validated config.
@@ -180,12 +181,18 @@ def load_config(overrides: list[str] | None = None, yaml_path: str | Path | None
     Raises:
         ConfigError: an unknown key, a value of the wrong type, or an out-of-range value.
     """
-    yaml_path = Path(yaml_path) if yaml_path is not None else CONF_DIR / "relabel.yaml"
+    default_yaml = CONF_DIR / "relabel.yaml"
+    if yaml_path is None and not default_yaml.exists():
+        # An installed wheel has no conf/: the dataclass defaults, which the YAML restates, stand alone.
+        files = []
+    else:
+        path = Path(yaml_path) if yaml_path is not None else default_yaml
+        if not path.exists():
+            raise ConfigError(f"config error: no such file {path}")
+        files = [OmegaConf.load(path)]
     try:
         schema = OmegaConf.structured(RelabelConfig)
-        merged = OmegaConf.merge(
-            schema, OmegaConf.load(yaml_path), OmegaConf.from_dotlist(list(overrides or []))
-        )
+        merged = OmegaConf.merge(schema, *files, OmegaConf.from_dotlist(list(overrides or [])))
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)

@@ -61,3 +61,16 @@ def test_yaml_file_is_merged(tmp_path):
     path.write_text("frames:\n  fps: 5.0\nprefixes:\n  num: 4\n")
     cfg = load_config(["prefixes.num=6"], yaml_path=path)
     assert cfg.frames.fps == 5.0 and cfg.prefixes.num == 6
+
+
+def test_missing_yaml_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config([], yaml_path=tmp_path / "absent.yaml")
+
+
+def test_installed_without_conf_dir_uses_defaults(tmp_path, monkeypatch):
+    import pipeline.config as config
+
+    monkeypatch.setattr(config, "CONF_DIR", tmp_path)
+    cfg = load_config(["frames.fps=3"])
+    assert cfg.frames.fps == 3.0 and cfg.model.path == "Qwen/Qwen3-VL-8B-Instruct"
