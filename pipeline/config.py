@@ -206,11 +206,6 @@ def load_config(overrides: list[str] | None = None, yaml_path: str | Path | None
     return cfg
 
 
-def to_dict(cfg: RelabelConfig) -> dict[str, Any]:
-    """Plain nested dict of a config (for logs, manifests and Ray task arguments)."""
-    return asdict(cfg)
-
-
 def config_hash(cfg: RelabelConfig) -> str:
     """A short stable hash of the settings that change the scores (model, prompt, frames, prefixes)."""
     full = asdict(cfg)
