@@ -59,21 +59,18 @@ class Published:
 def progress_table(shards: pa.Table, vlm_name: str) -> pa.Table:
     """Per-frame progress of the ``ok`` episodes in LeRobot's RA-BC schema, sorted by global index."""
     ok = shards.filter(pa.compute.equal(shards.column("status"), "ok"))
-    parts = {name: [] for name in PROGRESS_SCHEMA.names}
-    for start, episode, values in zip(
-        ok.column("dataset_from_index").to_pylist(),
-        ok.column("episode_index").to_pylist(),
-        ok.column("frame_progress").to_pylist(),
-        strict=True,
-    ):
-        frames = np.arange(len(values), dtype=np.int64)
-        parts["index"].append(start + frames)
-        parts["episode_index"].append(np.full(len(values), episode, dtype=np.int64))
-        parts["frame_index"].append(frames)
-        parts["progress_sparse"].append(np.asarray(values, dtype=np.float32))
-    arrays = [np.concatenate(parts[n]) if parts[n] else np.zeros(0, f.type.to_pandas_dtype()) for n, f in
-              zip(PROGRESS_SCHEMA.names, PROGRESS_SCHEMA, strict=True)]  # fmt: skip
-    table = pa.Table.from_arrays(arrays, schema=PROGRESS_SCHEMA).sort_by("index")
+    lengths = pa.compute.list_value_length(ok.column("frame_progress")).to_numpy(zero_copy_only=False)
+    lengths = lengths.astype(np.int64)
+    starts = np.cumsum(lengths) - lengths
+    frame_index = np.arange(lengths.sum(), dtype=np.int64) - np.repeat(starts, lengths)
+    first_index = ok.column("dataset_from_index").to_numpy().astype(np.int64)
+    columns = {
+        "index": np.repeat(first_index, lengths) + frame_index,
+        "episode_index": np.repeat(ok.column("episode_index").to_numpy().astype(np.int64), lengths),
+        "frame_index": frame_index,
+        "progress_sparse": pa.compute.list_flatten(ok.column("frame_progress")),
+    }
+    table = pa.Table.from_pydict(columns, schema=PROGRESS_SCHEMA).sort_by("index")
     return table.replace_schema_metadata({"vlm_name": vlm_name})
 
 
