@@ -23,7 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from lerobot.rewards.topreward.compute_rabc_weights import DEFAULT_OUTPUT_FILENAME as PROGRESS_FILE
 
+from pipeline.config import CurationConfig, SuccessConfig
 from pipeline.curate import write_curated_dataset
+from pipeline.stages.label import redecide
 from pipeline.storage import filesystem_for, join_uri
 
 EPISODES_FILE = "episodes.parquet"
@@ -95,30 +97,35 @@ def publish_dataset(
     output_uri: str,
     vlm_name: str,
     *,
-    curate: bool,
+    success: SuccessConfig,
+    curation: CurationConfig,
     source_options: dict[str, Any],
     output_options: dict[str, Any],
 ) -> Published:
-    """Write the user-facing files of one dataset from its committed shard rows."""
+    """Write the user-facing files of one dataset from its committed shard rows.
+
+    Success labels and the curated selection follow the current ``success``/``curation`` settings, so a
+    new threshold (e.g. from ``jobs.calibrate``) takes effect on the next run without re-scoring.
+    """
+    shards = redecide(shards, success, curation)
     base = join_uri(output_uri, dataset_id)
     episodes_uri = write_parquet_atomic(
         shards.select(list(EPISODE_COLUMNS)), join_uri(base, EPISODES_FILE), output_options
     )
     progress = progress_table(shards, vlm_name)
     progress_uri = write_parquet_atomic(progress, join_uri(base, PROGRESS_FILE), output_options)
-    curated_uri, curated = None, 0
-    if curate:
-        selected = shards.filter(shards.column("selected").fill_null(False))
-        episodes = sorted(selected.column("episode_index").to_pylist())
-        if episodes:
-            curated_uri = join_uri(base, CURATED_DIR)
-            write_curated_dataset(
-                root,
-                episodes,
-                curated_uri,
-                progress,
-                source_options=source_options,
-                dest_options=output_options,
-            )
-            curated = len(episodes)
+    curated_uri, curated = join_uri(base, CURATED_DIR), 0
+    episodes = sorted(shards.filter(shards.column("selected")).column("episode_index").to_pylist())
+    if curation.enabled and episodes:
+        write_curated_dataset(
+            root, episodes, curated_uri, progress, source_options=source_options, dest_options=output_options
+        )
+        curated = len(episodes)
+    else:
+        # A curated set from an earlier run must not outlive a selection that is now empty.
+        fs, path = filesystem_for(curated_uri, output_options)
+        fs.invalidate_cache(path)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+        curated_uri = None
     return Published(dataset_id, episodes_uri, progress_uri, curated_uri, curated)

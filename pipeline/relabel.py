@@ -164,7 +164,8 @@ def run(cfg: RelabelConfig) -> RunSummary:
             roots[dataset_id],
             cfg.output.uri,
             cfg.model.path,
-            curate=cfg.curation.enabled,
+            success=cfg.success,
+            curation=cfg.curation,
             source_options=cfg.source.storage_options,
             output_options=cfg.output.storage_options,
         )

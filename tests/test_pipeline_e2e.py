@@ -151,3 +151,20 @@ def test_lerobot_rabc_loader_accepts_progress(ray_session, tmp_path, synth_dir, 
     assert weights.shape == (len(range(0, sum(SYNTH_LENGTHS), 7)),)
     assert torch.isfinite(weights).all()
     assert "mean_weight" in stats
+
+
+def test_new_threshold_takes_effect_without_rescoring(ray_session, tmp_path, synth_dir, tiny_model_dir):
+    output = tmp_path / "out"
+    (dataset,) = run(_config(str(synth_dir / "v30"), str(output), tiny_model_dir, {})).datasets.values()
+    base = output / dataset.dataset_id
+    before = pq.read_table(base / EPISODES_FILE)
+    assert all(before.column("selected").to_pylist()) and (base / "curated").exists()
+
+    # A calibrated threshold above every score: nothing is re-scored, but no episode succeeds any more.
+    strict = _config(str(synth_dir / "v30"), str(output), tiny_model_dir, {}, "success.threshold=0")
+    (again,) = run(strict).datasets.values()
+    assert (again.scored, again.skipped) == (0, len(SYNTH_LENGTHS))
+    after = pq.read_table(base / EPISODES_FILE)
+    assert after.column("log_p_true").equals(before.column("log_p_true"))
+    assert not any(after.column("success").to_pylist()) and not any(after.column("selected").to_pylist())
+    assert not (base / "curated").exists()

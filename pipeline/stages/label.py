@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from pipeline.config import CurationConfig, SuccessConfig
 from pipeline.labels import minmax_normalize, per_frame_progress, success_score, value_order_correlation
@@ -59,3 +60,25 @@ def label_episode(row: dict[str, Any], success: dict[str, Any], curation: dict[s
         selected=is_selected(row["status"], succeeded, voc, float(progress[-1]), curation_cfg),
     )
     return row
+
+
+def redecide(episodes: pa.Table, success: SuccessConfig, curation: CurationConfig) -> pa.Table:
+    """Recompute ``success`` and ``selected`` of committed episode rows under the current config.
+
+    The threshold and the curation rules are not part of the config hash (changing them must not
+    re-score anything), so the decisions stored when an episode was labelled can be stale: publishing
+    takes them from the current config instead.
+    """
+    decided_success, decided_selected = [], []
+    for row in episodes.select(["status", "success_score", "voc", "progress"]).to_pylist():
+        score = row["success_score"]
+        succeeded = score is not None and bool(score > success.threshold)
+        final = row["progress"][-1] if row["progress"] else 0.0
+        voc = math.nan if row["voc"] is None else row["voc"]
+        decided_success.append(succeeded)
+        decided_selected.append(is_selected(row["status"], succeeded, voc, final, curation))
+    for name, values in (("success", decided_success), ("selected", decided_selected)):
+        episodes = episodes.set_column(
+            episodes.schema.get_field_index(name), name, pa.array(values, pa.bool_())
+        )
+    return episodes
