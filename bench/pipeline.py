@@ -21,7 +21,6 @@ import resource
 import tempfile
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import psutil
@@ -80,7 +79,6 @@ def bare_loop(cfg: RelabelConfig) -> tuple[float, float]:
     """Catalog, model load, then decode/score/label per episode in one process: (seconds, steady eps/s)."""
     start = time.perf_counter()
     scorer = PrefixScorer(cfg.model, cfg.scoring)
-    success, curation = asdict(cfg.success), asdict(cfg.curation)
     done_at = []
     for record in list_episodes(cfg.source):
         row = decode_episode(
@@ -88,7 +86,7 @@ def bare_loop(cfg: RelabelConfig) -> tuple[float, float]:
         )
         scores = scorer.score(EpisodeClip.from_row(row), row["task"])
         row.update(log_p_true=scores.log_p_true, log_p_false=scores.log_p_false)
-        label_episode(row, success, curation)
+        label_episode(row, cfg.success, cfg.curation)
         done_at.append(time.perf_counter())
     return done_at[-1] - start, _steady_rate(done_at)
 

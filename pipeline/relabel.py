@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -94,8 +94,8 @@ def build_dataset(rows: list[dict[str, Any]], cfg: RelabelConfig, chash: str) ->
         .map_batches(
             ScoreEpisodes,
             fn_constructor_kwargs={
-                "model": asdict(cfg.model),
-                "scoring": asdict(cfg.scoring),
+                "model": cfg.model,
+                "scoring": cfg.scoring,
                 "threads": cfg.ray.scorer_threads,
             },
             compute=ray.data.ActorPoolStrategy(size=cfg.ray.scorer_actors),
@@ -104,7 +104,7 @@ def build_dataset(rows: list[dict[str, Any]], cfg: RelabelConfig, chash: str) ->
             num_gpus=cfg.ray.scorer_num_gpus,
             num_cpus=cfg.ray.scorer_num_cpus,
         )
-        .map(label_episode, fn_kwargs={"success": asdict(cfg.success), "curation": asdict(cfg.curation)})
+        .map(label_episode, fn_kwargs={"success": cfg.success, "curation": cfg.curation})
         # Shards are small (no frames); a handful of episodes per commit keeps file counts sane.
         .map_batches(
             write_shards,

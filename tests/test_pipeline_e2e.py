@@ -3,7 +3,6 @@ as calling decode + scorer + labels directly."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from types import SimpleNamespace
 
 import numpy as np
@@ -55,7 +54,7 @@ def _direct_labels(cfg, row: dict) -> dict:
     scorer = PrefixScorer(cfg.model, cfg.scoring)
     scores = scorer.score(EpisodeClip.from_row(decoded), row["task"])
     decoded.update(log_p_true=scores.log_p_true, log_p_false=scores.log_p_false)
-    return label_episode(decoded, asdict(cfg.success), asdict(cfg.curation))
+    return label_episode(decoded, cfg.success, cfg.curation)
 
 
 @pytest.mark.parametrize("version", ["v30", "v21"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 import av
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     scores = PrefixScorer(cfg.model, cfg.scoring).score(EpisodeClip.from_row(row), row["task"])
     row.update(log_p_true=scores.log_p_true, log_p_false=scores.log_p_false)
-    row = label_episode(row, asdict(cfg.success), asdict(cfg.curation))
+    row = label_episode(row, cfg.success, cfg.curation)
     print(f"{row['task']!r}: {row['length']} frames at {row['fps']:g} fps, model {cfg.model.path}")
     print(format_table(row))
     return 0 if np.isfinite(row["success_score"]) else 1

@@ -29,9 +29,8 @@ def is_selected(
     return curation.min_final_progress is None or final_progress >= curation.min_final_progress
 
 
-def label_episode(row: dict[str, Any], success: dict[str, Any], curation: dict[str, Any]) -> dict[str, Any]:
+def label_episode(row: dict[str, Any], success: SuccessConfig, curation: CurationConfig) -> dict[str, Any]:
     """Add labels to one scored episode row (a Ray Data ``map`` function)."""
-    success_cfg, curation_cfg = SuccessConfig(**success), CurationConfig(**curation)
     raw = np.asarray(row["log_p_true"], dtype=np.float64)
     if row["status"] != "ok" or raw.size == 0:
         row.update(
@@ -47,8 +46,8 @@ def label_episode(row: dict[str, Any], success: dict[str, Any], curation: dict[s
     ends = np.asarray(row["prefix_ends"], dtype=np.int64)
     last_raw = np.asarray(row["frame_indices"], dtype=np.int64)[ends - 1]
     progress = minmax_normalize(raw)
-    score = success_score(raw, success_cfg.window)
-    succeeded = bool(score > success_cfg.threshold)
+    score = success_score(raw, success.window)
+    succeeded = bool(score > success.threshold)
     voc = value_order_correlation(progress)
     row.update(
         prefix_frame_indices=last_raw,
@@ -57,7 +56,7 @@ def label_episode(row: dict[str, Any], success: dict[str, Any], curation: dict[s
         success_score=score,
         success=succeeded,
         voc=voc,
-        selected=is_selected(row["status"], succeeded, voc, float(progress[-1]), curation_cfg),
+        selected=is_selected(row["status"], succeeded, voc, float(progress[-1]), curation),
     )
     return row
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 from datetime import UTC, datetime
-from typing import Any
 
 import numpy as np
 import torch
@@ -38,9 +37,9 @@ def is_fatal_device_error(err: BaseException) -> bool:
 class ScoreEpisodes:
     """Scores a batch of decoded episodes with the cached TOPReward scorer."""
 
-    def __init__(self, model: dict[str, Any], scoring: dict[str, Any], threads: int | None = None) -> None:
-        self.scorer = PrefixScorer(ModelConfig(**model), ScoringConfig(**scoring))
-        self.model_name = model["path"]
+    def __init__(self, model: ModelConfig, scoring: ScoringConfig, threads: int | None = None) -> None:
+        self.scorer = PrefixScorer(model, scoring)
+        self.model_name = model.path
         if self.scorer.loaded.device.type == "cpu":
             # Ray sets OMP_NUM_THREADS=1 for fractional-CPU actors; CPU scoring wants the node's cores.
             torch.set_num_threads(threads or os.cpu_count() or 1)
