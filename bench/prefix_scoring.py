@@ -21,7 +21,7 @@ import torch
 
 from pipeline.config import ModelConfig, ScoringConfig
 from pipeline.frames.schedule import episode_schedule
-from pipeline.models.tiny import ensure_tiny_model
+from devkit.tiny_model import ensure_tiny_model
 from pipeline.scoring.inputs import EpisodeClip, encode_video_prompt
 from pipeline.scoring.scorer import PrefixScorer
 

@@ -60,11 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     import s3fs
 
     from pipeline.config import load_config
-    from pipeline.local_s3 import local_s3
-    from pipeline.models.tiny import ensure_tiny_model
+    from devkit.local_s3 import local_s3
+    from devkit.tiny_model import ensure_tiny_model
     from pipeline.relabel import format_summary, run
     from pipeline.storage import upload_dataset
-    from pipeline.synth import write_v30_dataset
+    from devkit.synth import write_v30_dataset
 
     model_dir = ensure_tiny_model(CACHE / "models" / "tiny-qwen3_vl-s0", "qwen3_vl", "tiny", 0)
     print(f"demo: tiny Qwen3-VL at {model_dir}")

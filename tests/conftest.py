@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.local_s3 import local_s3
+from devkit.local_s3 import local_s3
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CACHE = PROJECT_ROOT / ".cache"
@@ -73,7 +73,7 @@ def ray_session(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """The tiny random Qwen3-VL folder, built once and cached under .cache/models."""
-    from pipeline.models.tiny import ensure_tiny_model
+    from devkit.tiny_model import ensure_tiny_model
 
     return ensure_tiny_model(CACHE / "models" / "tiny-qwen3_vl-s0", family="qwen3_vl", size="tiny", seed=0)
 
@@ -81,7 +81,7 @@ def tiny_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_qwen25_dir() -> Path:
     """The tiny random Qwen2.5-VL folder, built once and cached under .cache/models."""
-    from pipeline.models.tiny import ensure_tiny_model
+    from devkit.tiny_model import ensure_tiny_model
 
     return ensure_tiny_model(
         CACHE / "models" / "tiny-qwen2_5_vl-s0", family="qwen2_5_vl", size="tiny", seed=0
@@ -97,9 +97,9 @@ def synth_dir(tmp_path_factory) -> Path:
     """A local folder holding two tiny synthetic LeRobot datasets, ``v30/`` (v3.0) and ``v21/`` (v2.1).
 
     Both have 4 episodes of :data:`SYNTH_LENGTHS` frames at :data:`SYNTH_FPS` fps, two 64x64 AV1 cameras
-    and self-identifying frames (``pipeline.synth.frame_code``).
+    and self-identifying frames (``devkit.synth.frame_code``).
     """
-    from pipeline.synth import write_v21_dataset, write_v30_dataset
+    from devkit.synth import write_v21_dataset, write_v30_dataset
 
     folder = tmp_path_factory.mktemp("synth")
     write_v30_dataset(folder / "v30", repo_id="synth/v30", lengths=SYNTH_LENGTHS, fps=SYNTH_FPS)

@@ -121,7 +121,7 @@ def test_rerun_is_incremental_and_idempotent(ray_session, s3, s3_options, synth_
 
 
 def test_corrupt_episode_fails_alone(ray_session, tmp_path, s3_options, tiny_model_dir):
-    from pipeline.synth import write_v21_dataset
+    from devkit.synth import write_v21_dataset
 
     root = write_v21_dataset(tmp_path / "fleet" / "broken", lengths=(20, 24, 22), fps=10, corrupt_episode=1)
     cfg = _config(str(root), str(tmp_path / "out"), tiny_model_dir, {})

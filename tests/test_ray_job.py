@@ -13,7 +13,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.local_s3 import free_port
+from devkit.local_s3 import free_port
 from tests.conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Tests for the synthetic dataset writers in pipeline.synth (real AV1 encode/decode, no network)."""
+"""Tests for the synthetic dataset writers in devkit.synth (real AV1 encode/decode, no network)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from pipeline.models.tiny import build_tiny_model, ensure_tiny_model, main, read_build_info
+from devkit.tiny_model import build_tiny_model, ensure_tiny_model, main, read_build_info
 
 PROMPT = "The above video shows a robot manipulation trajectory that completes the following task: "
 SUFFIX = " Decide whether the above statement is True or not. The answer is: True"

@@ -14,7 +14,7 @@ Both writers can break one episode's video on purpose (``corrupt_episode``, ``mi
 to exercise error handling downstream.
 
 Example:
-    python -m pipeline.synth --out /tmp/toy --version v3.0 --episodes 6 --length 40 --gop 30
+    python -m devkit.synth --out /tmp/toy --version v3.0 --episodes 6 --length 40 --gop 30
 """
 
 from __future__ import annotations
@@ -560,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     Args:
         argv: Arguments without the program name; ``None`` reads ``sys.argv``.
     """
-    parser = argparse.ArgumentParser(prog="python -m pipeline.synth", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m devkit.synth", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path, help="dataset folder to create (must not exist)")
     parser.add_argument("--version", choices=("v3.0", "v2.1"), default="v3.0")
     parser.add_argument("--repo-id", default="synth/toy")

@@ -10,7 +10,7 @@ load, actor start) and in steady state (between the first and the last finished 
 what matters for a nightly run over thousands of episodes. Peak RSS of the driver and of the Ray worker
 processes is sampled during each Ray run: it should stay flat when the data doubles.
 
-    python -m bench.pipeline [--episodes 24] [--length 300] [--model-size bench] [key=value ...]
+    python -m bench.relabel_throughput [--episodes 24] [--length 300] [--model-size bench] [key=value ...]
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ import ray
 from pipeline.catalog import list_episodes
 from pipeline.config import RelabelConfig, config_hash, load_config
 from pipeline.frames.decode import decode_episode
-from pipeline.local_s3 import local_s3
-from pipeline.models.tiny import ensure_tiny_model
+from devkit.local_s3 import local_s3
+from devkit.tiny_model import ensure_tiny_model
 from pipeline.relabel import build_dataset
 from pipeline.scoring.inputs import EpisodeClip
 from pipeline.scoring.scorer import PrefixScorer
 from pipeline.sinks import read_committed, state_uri
 from pipeline.stages.label import label_episode
 from pipeline.storage import upload_dataset
-from pipeline.synth import write_v30_dataset
+from devkit.synth import write_v30_dataset
 
 CACHE = Path(__file__).resolve().parent.parent / ".cache"
 

@@ -1,1 +1,0 @@
-"""Model helpers: tiny offline Qwen-VL checkpoints for tests and demos."""
