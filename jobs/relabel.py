@@ -5,7 +5,17 @@
 
 Any key of conf/relabel.yaml can be overridden as ``key=value``. Under ``ray job submit`` it joins the
 cluster it was submitted to; standalone it starts a local Ray. Episodes already committed for the same
-config are skipped, so re-running (or running nightly) scores only what is new.
+config are skipped, so re-running (or running nightly) scores only what is new or changed.
+
+Exit status (what a scheduler reads):
+
+* 0: the run completed. Failed episodes or datasets, if any, are recorded (summary, ``episodes.parquet``,
+  ``_runs/<run id>.json``) and retried by later runs; they do not fail the job unless
+  ``job.fail_on_errors=true``.
+* 1: the run broke (an unexpected error, Ray itself failing); the run record says ``broken``.
+* 2: refused before it started: a bad config value, a model that cannot load, an output inside a
+  source, an output that cannot be written. The message names the key and the value.
+* 3: the run completed with recorded failures and ``job.fail_on_errors=true`` (for alerting).
 """
 
 from __future__ import annotations
@@ -16,25 +26,50 @@ import sys
 from pipeline.config import ConfigError, load_config
 from pipeline.relabel import format_summary, run
 
+EXIT_OK, EXIT_BROKEN, EXIT_REFUSED, EXIT_FAILURES = 0, 1, 2, 3
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str) -> None:
+    """Show the pipeline's own log lines at ``level``, whatever Ray or others did to the root logger.
+
+    Ray configures the root logger at import (WARNING), which makes ``logging.basicConfig`` a no-op, so
+    the pipeline's logger gets its own handler instead.
+    """
+    logger = logging.getLogger("pipeline")
+    logger.setLevel(level.upper())
+    if not any(getattr(handler, "_topreward", False) for handler in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        handler._topreward = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.propagate = False
+
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the relabel job; exit status 0 when the run completes, 2 on a config error.
-
-    Failed episodes do not fail the job: they are recorded with their reason in ``episodes.parquet`` and
-    listed in the summary, and the next run retries them.
-    """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Run the relabel job and return its exit status (see the module docstring)."""
     try:
         cfg = load_config(sys.argv[1:] if argv is None else argv)
     except ConfigError as err:
         print(f"jobs.relabel: {err}", file=sys.stderr)
-        return 2
-    if not cfg.source.uris:
-        print("jobs.relabel: source.uris is empty; pass source.uris='[s3://bucket/dataset]'", file=sys.stderr)
-        return 2
-    summary = run(cfg)
+        return EXIT_REFUSED
+    configure_logging(cfg.job.log_level)
+    try:
+        summary = run(cfg)
+    except ConfigError as err:
+        print(f"jobs.relabel: {err}", file=sys.stderr)
+        return EXIT_REFUSED
+    except Exception:
+        logging.getLogger("pipeline").exception("jobs.relabel: the run broke")
+        return EXIT_BROKEN
     print(format_summary(summary), flush=True)
-    return 0
+    if summary.failures and cfg.job.fail_on_errors:
+        print(
+            f"jobs.relabel: {summary.failures} failure(s) recorded and job.fail_on_errors=true",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURES
+    return EXIT_OK
 
 
 if __name__ == "__main__":

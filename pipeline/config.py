@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,22 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
+class RetryConfig:
+    """How failures are retried: episodes across runs, storage requests within one."""
+
+    max_attempts: int = 3
+    storage_attempts: int = 8
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """How the job reports: log level, and whether recorded failures make the exit status non-zero."""
+
+    log_level: str = "INFO"
+    fail_on_errors: bool = False
+
+
+@dataclass(frozen=True)
 class RelabelConfig:
     """The whole run."""
 
@@ -137,6 +154,8 @@ class RelabelConfig:
     curation: CurationConfig = field(default_factory=CurationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    job: JobConfig = field(default_factory=JobConfig)
 
 
 # Sections whose values change the numbers a run produces; paths and placement do not.
@@ -144,27 +163,57 @@ _HASHED_SECTIONS = ("model", "scoring", "frames", "prefixes")
 _HASHED_EXCLUDE = {"model": ("device",), "scoring": ("suffix_chunk",)}
 
 
+# Upper bounds that catch unit mistakes (a frame rate in Hz, not mHz or a frame count).
+MAX_SAMPLING_FPS = 60.0
+
+
+def _non_finite_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of every NaN or infinite float in the config (a NaN threshold silently fails all)."""
+    if isinstance(node, dict):
+        return [key for name, value in node.items() for key in _non_finite_keys(value, f"{prefix}{name}.")]
+    if isinstance(node, float) and not math.isfinite(node):
+        return [prefix.rstrip(".")]
+    return []
+
+
 def _validate(cfg: RelabelConfig) -> None:
+    """Range checks; every message names the key and the value it got."""
+    full = asdict(cfg)
+    for key in _non_finite_keys({k: v for k, v in full.items() if k not in ("source", "output")}):
+        section, name = key.split(".", 1)
+        raise ConfigError(f"config error at '{key}': {full[section][name]!r} is not a finite number")
     checks = [
-        (cfg.frames.fps > 0, "frames.fps must be > 0"),
+        ("frames.fps", 0 < cfg.frames.fps <= MAX_SAMPLING_FPS, f"must be > 0 and <= {MAX_SAMPLING_FPS}"),
         (
+            "frames.max_frames",
             cfg.frames.max_frames >= 2 and cfg.frames.max_frames % 2 == 0,
-            "frames.max_frames must be even, >= 2",
+            "must be even, >= 2",
         ),
-        (cfg.frames.height > 0 and cfg.frames.width > 0, "frames.height and frames.width must be > 0"),
-        (cfg.prefixes.num >= 1, "prefixes.num must be >= 1"),
-        (cfg.scoring.suffix_chunk >= 1, "scoring.suffix_chunk must be >= 1"),
-        (cfg.success.window >= 1, "success.window must be >= 1"),
-        (cfg.ray.scorer_actors >= 1, "ray.scorer_actors must be >= 1"),
-        (cfg.ray.scorer_batch_size >= 1, "ray.scorer_batch_size must be >= 1"),
+        ("frames.height", cfg.frames.height > 0, "must be > 0"),
+        ("frames.width", cfg.frames.width > 0, "must be > 0"),
+        ("prefixes.num", cfg.prefixes.num >= 1, "must be >= 1"),
+        ("scoring.suffix_chunk", cfg.scoring.suffix_chunk >= 1, "must be >= 1"),
+        ("success.window", cfg.success.window >= 1, "must be >= 1"),
+        ("ray.scorer_actors", cfg.ray.scorer_actors >= 1, "must be >= 1"),
+        ("ray.scorer_batch_size", cfg.ray.scorer_batch_size >= 1, "must be >= 1"),
         (
+            "model.dtype",
             cfg.model.dtype in ("auto", "float32", "bfloat16", "float16"),
-            "model.dtype must be auto|float32|bfloat16|float16",
+            "must be auto|float32|bfloat16|float16",
         ),
+        ("retry.max_attempts", cfg.retry.max_attempts >= 1, "must be >= 1"),
+        ("retry.storage_attempts", cfg.retry.storage_attempts >= 1, "must be >= 1"),
+        (
+            "job.log_level",
+            cfg.job.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
+            "must be DEBUG|INFO|WARNING|ERROR",
+        ),
+        ("source.block_size", cfg.source.block_size >= 4096, "must be >= 4096 bytes"),
     ]
-    for ok, message in checks:
+    for key, ok, requirement in checks:
         if not ok:
-            raise ConfigError(message)
+            section, name = key.split(".", 1)
+            raise ConfigError(f"config error at '{key}': got {full[section][name]!r}; {requirement}")
 
 
 def load_config(overrides: list[str] | None = None, yaml_path: str | Path | None = None) -> RelabelConfig:

@@ -25,6 +25,7 @@ from lerobot.rewards.topreward.compute_rabc_weights import DEFAULT_OUTPUT_FILENA
 
 from pipeline.config import CurationConfig, SuccessConfig
 from pipeline.curate import write_curated_dataset
+from pipeline.sinks import CommittedEpisode
 from pipeline.stages.label import redecide
 from pipeline.storage import filesystem_for, join_uri
 
@@ -43,8 +44,18 @@ PROGRESS_SCHEMA = pa.schema(
 EPISODE_COLUMNS = (
     "episode_index", "task", "length", "status", "error", "prefix_frame_indices", "log_p_true",
     "log_p_false", "progress", "success_score", "success", "voc", "selected", "model", "config_hash",
-    "scored_at", "frames_decoded", "bytes_read", "camera", "video_uri",
+    "scored_at", "frames_decoded", "bytes_read", "camera", "video_uri", "attempt", "fingerprint",
 )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PublishJob:
+    """One dataset to publish: its source root, its state folder and the committed entries to show."""
+
+    dataset_id: str
+    root: str
+    state_uri: str
+    episodes: tuple[CommittedEpisode, ...]
 
 
 @dataclass(frozen=True)

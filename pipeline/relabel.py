@@ -15,28 +15,59 @@ from typing import Any
 
 import ray
 
-from pipeline.catalog import list_episodes
-from pipeline.config import RelabelConfig, config_hash
+from pipeline.catalog import EpisodeRecord, list_episodes
+from pipeline.config import ConfigError, RelabelConfig, config_hash
 from pipeline.frames.decode import decode_episode
-from pipeline.publish import Published, publish_dataset
-from pipeline.sinks import committed_ok_episodes, read_committed, state_uri, write_shards
+from pipeline.preflight import check_run
+from pipeline.publish import Published, PublishJob, publish_dataset
+from pipeline.runrecord import RunRecord
+from pipeline.sinks import (
+    CommittedEpisode,
+    committed_state,
+    read_rows,
+    remove_leftovers,
+    state_uri,
+    write_shards,
+)
 from pipeline.stages.label import label_episode
 from pipeline.stages.score import ScoreEpisodes
+from pipeline.storage import redact, with_storage_retries
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class DatasetSummary:
-    """Counts for one dataset in one run."""
+    """Counts for one dataset in one run, and what became of its published files."""
 
     dataset_id: str
     scored: int = 0
     skipped: int = 0
     failed: int = 0
+    gave_up: int = 0
     frames: int = 0
     errors: list[str] = field(default_factory=list)
+    catalog_error: str = ""
     published: Published | None = None
+    publish_error: str = ""
+
+    @property
+    def failures(self) -> int:
+        """Episodes and dataset-level problems recorded as failed in this run."""
+        return self.failed + self.gave_up + bool(self.catalog_error) + bool(self.publish_error)
+
+    def counts(self) -> dict[str, Any]:
+        """The run record's view of this dataset."""
+        return {
+            "scored": self.scored,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "gave_up": self.gave_up,
+            "frames": self.frames,
+            "catalog_error": self.catalog_error,
+            "publish_error": self.publish_error,
+            "curated_episodes": self.published.curated_episodes if self.published else None,
+        }
 
 
 @dataclass
@@ -46,11 +77,17 @@ class RunSummary:
     config_hash: str
     wall_seconds: float
     datasets: dict[str, DatasetSummary]
+    run_record_uri: str = ""
 
     @property
     def scored(self) -> int:
         """Episodes scored ``ok`` in this run, all datasets together."""
         return sum(d.scored for d in self.datasets.values())
+
+    @property
+    def failures(self) -> int:
+        """Everything recorded as failed in this run (episodes, datasets, publishes)."""
+        return sum(d.failures for d in self.datasets.values())
 
 
 def connect_ray(cfg: RelabelConfig) -> None:
@@ -119,67 +156,166 @@ def build_dataset(rows: list[dict[str, Any]], cfg: RelabelConfig, chash: str) ->
     )
 
 
-def run(cfg: RelabelConfig) -> RunSummary:
-    """Score every new episode under ``cfg.source.uris`` and publish the results per dataset."""
-    started = time.perf_counter()
-    chash = config_hash(cfg)
-    rows = [record.to_row() for record in list_episodes(cfg.source)]
-    summaries: dict[str, DatasetSummary] = {}
-    roots: dict[str, str] = {}
+def _plan(
+    records: list[EpisodeRecord], cfg: RelabelConfig, chash: str, summaries: dict[str, DatasetSummary]
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """Which episodes to score in this run; fills the per-dataset skip and give-up counts.
+
+    An episode is skipped when an ``ok`` result is committed for its current fingerprint, given up on
+    when its current fingerprint has failed ``retry.max_attempts`` times, and scored otherwise (with
+    its attempt number). Returns the pending rows and the root of every dataset that was listed.
+    """
     pending: list[dict[str, Any]] = []
-    committed: dict[str, set[int]] = {}
-    for row in rows:
-        dataset_id = row["dataset_id"]
-        summary = summaries.setdefault(dataset_id, DatasetSummary(dataset_id))
-        roots.setdefault(dataset_id, row["root"])
-        if dataset_id not in committed:
-            committed[dataset_id] = committed_ok_episodes(
-                state_uri(cfg.output.uri, chash, dataset_id), cfg.output.storage_options
-            )
-        if row["status"] == "ok" and row["episode_index"] in committed[dataset_id]:
+    roots: dict[str, str] = {}
+    states: dict[str, dict[tuple[int, str], CommittedEpisode]] = {}
+    for record in records:
+        summary = summaries.setdefault(record.dataset_id, DatasetSummary(record.dataset_id))
+        if record.episode_index < 0:
+            # The dataset could not be listed: nothing to score; its published files stay as they are.
+            summary.catalog_error = record.error
+            continue
+        roots.setdefault(record.dataset_id, record.root)
+        if record.dataset_id not in states:
+            folder = state_uri(cfg.output.uri, chash, record.dataset_id)
+            remove_leftovers(folder, cfg.output.storage_options)
+            states[record.dataset_id] = committed_state(folder, cfg.output.storage_options)
+        row = record.to_row()
+        entry = states[record.dataset_id].get((record.episode_index, row["fingerprint"]))
+        if entry is not None and entry.status == "ok":
             summary.skipped += 1
+        elif entry is not None and entry.attempts >= cfg.retry.max_attempts:
+            summary.gave_up += 1
+            summary.errors.append(f"{entry.error} [gave up after {entry.attempts} attempts]")
         else:
             # The full task list is metadata only; `task` is what the prompt uses.
-            pending.append({key: value for key, value in row.items() if key != "tasks"})
-    log.info("relabel: %d episodes listed, %d pending, config %s", len(rows), len(pending), chash)
+            row.pop("tasks")
+            row["attempt"] = (entry.attempts if entry else 0) + 1
+            pending.append(row)
+    return pending, roots
 
-    if pending:
-        connect_ray(cfg)
-        for result in build_dataset(pending, cfg, chash).iter_rows():
-            summary = summaries[result["dataset_id"]]
-            if result["status"] == "ok":
-                summary.scored += 1
-                summary.frames += int(result["length"])
-            else:
-                summary.failed += 1
-                summary.errors.append(str(result["error"]))
 
-    for dataset_id, summary in summaries.items():
-        shards = read_committed(state_uri(cfg.output.uri, chash, dataset_id), cfg.output.storage_options)
-        if shards.num_rows == 0:
-            continue
-        summary.published = publish_dataset(
-            shards,
-            dataset_id,
-            roots[dataset_id],
-            cfg.output.uri,
-            cfg.model.path,
-            success=cfg.success,
-            curation=cfg.curation,
-            source_options=cfg.source.storage_options,
-            output_options=cfg.output.storage_options,
-        )
-    return RunSummary(chash, time.perf_counter() - started, summaries)
+def _publish_jobs(
+    records: list[EpisodeRecord], roots: dict[str, str], cfg: RelabelConfig, chash: str
+) -> list[PublishJob]:
+    """Per listed dataset, the committed result of each episode it has now, for its current fingerprint.
+
+    Episodes gone from the source and results for an old fingerprint are left out, so the published
+    files never show stale labels.
+    """
+    fingerprints: dict[str, list[tuple[int, str]]] = {}
+    for record in records:
+        if record.episode_index >= 0:
+            fingerprints.setdefault(record.dataset_id, []).append(
+                (record.episode_index, record.fingerprint())
+            )
+    jobs = []
+    for dataset_id, root in roots.items():
+        folder = state_uri(cfg.output.uri, chash, dataset_id)
+        state = committed_state(folder, cfg.output.storage_options)
+        current = tuple(state[key] for key in fingerprints.get(dataset_id, []) if key in state)
+        if current:
+            jobs.append(PublishJob(dataset_id, root, folder, current))
+    return jobs
+
+
+def run(cfg: RelabelConfig) -> RunSummary:
+    """Score every new or changed episode under ``cfg.source.uris`` and publish the results per dataset.
+
+    Refuses a config that cannot work before Ray starts (:class:`~pipeline.config.ConfigError`), then
+    records the run under ``<output>/_runs/``. Failures of episodes and datasets are recorded, never
+    raised; anything that escapes (Ray itself failing) marks the run record ``broken`` and is re-raised.
+    """
+    started = time.perf_counter()
+    check_run(cfg)
+    cfg = with_storage_retries(cfg)
+    chash = config_hash(cfg)
+    record = RunRecord(cfg.output.uri, cfg.output.storage_options, chash)
+    try:
+        record.write()
+    except Exception as err:
+        reason = redact(f"{type(err).__name__}: {err}", cfg.output.storage_options)
+        raise ConfigError(
+            f"config error at 'output.uri': {cfg.output.uri!r} is not writable: {reason}"
+        ) from None
+    summaries: dict[str, DatasetSummary] = {}
+    try:
+        records = list_episodes(cfg.source)
+        pending, roots = _plan(records, cfg, chash, summaries)
+        log.info(
+            "relabel: run %s, %d episodes listed, %d pending, config %s",
+            record.run_id, len(records), len(pending), chash,
+        )  # fmt: skip
+        if pending:
+            connect_ray(cfg)
+            for result in build_dataset(pending, cfg, chash).iter_rows():
+                summary = summaries[result["dataset_id"]]
+                if result["status"] == "ok":
+                    summary.scored += 1
+                    summary.frames += int(result["length"])
+                else:
+                    summary.failed += 1
+                    summary.errors.append(f"{result['error']} [attempt {result['attempt']}]")
+        for dataset_id, published, error in publish_jobs(_publish_jobs(records, roots, cfg, chash), cfg):
+            summaries[dataset_id].published, summaries[dataset_id].publish_error = published, error
+    except BaseException as err:
+        record.datasets = {d.dataset_id: d.counts() for d in summaries.values()}
+        record.finish("broken", redact(f"{type(err).__name__}: {err}", cfg.output.storage_options))
+        raise
+    summary = RunSummary(chash, time.perf_counter() - started, summaries)
+    record.datasets = {d.dataset_id: d.counts() for d in summaries.values()}
+    record.failures = [
+        {"dataset_id": d.dataset_id, "error": error}
+        for d in summaries.values()
+        for error in [d.catalog_error, *d.errors, d.publish_error]
+        if error
+    ]
+    summary.run_record_uri = record.finish("completed")
+    return summary
+
+
+def publish_jobs(jobs: list[PublishJob], cfg: RelabelConfig) -> list[tuple[str, Published | None, str]]:
+    """Publishes each dataset; a dataset that fails is reported with its reason and the others go on."""
+    results = []
+    for job in jobs:
+        try:
+            shards = read_rows(job.state_uri, job.episodes, cfg.output.storage_options)
+            published = publish_dataset(
+                shards,
+                job.dataset_id,
+                job.root,
+                cfg.output.uri,
+                cfg.model.path,
+                success=cfg.success,
+                curation=cfg.curation,
+                source_options=cfg.source.storage_options,
+                output_options=cfg.output.storage_options,
+            )
+            results.append((job.dataset_id, published, ""))
+        except Exception as err:  # one broken dataset never stops the others' publishing
+            reason = redact(f"{type(err).__name__}: {err}", cfg.output.storage_options)
+            log.warning("publish failed for %s: %s", job.dataset_id, reason)
+            results.append((job.dataset_id, None, f"{job.dataset_id}: publishing: {reason}"))
+    return results
 
 
 def format_summary(summary: RunSummary) -> str:
     """The end-of-run table: per dataset, episodes scored/skipped/failed, frames, throughput, outputs."""
     hours = max(summary.wall_seconds, 1e-9) / 3600
-    header = f"{'dataset':<32}{'scored':>8}{'skipped':>9}{'failed':>8}{'frames':>9}{'episodes/h':>12}"
+    columns = (
+        ("scored", 8),
+        ("skipped", 9),
+        ("failed", 8),
+        ("gave up", 9),
+        ("frames", 9),
+        ("episodes/h", 12),
+    )
+    header = f"{'dataset':<32}" + "".join(f"{name:>{width}}" for name, width in columns)
     lines = [f"topreward relabel: config {summary.config_hash}, wall {summary.wall_seconds:.1f} s", header]
     for d in summary.datasets.values():
         rate = d.scored / hours
-        lines.append(f"{d.dataset_id:<32}{d.scored:>8}{d.skipped:>9}{d.failed:>8}{d.frames:>9}{rate:>12.0f}")
+        lines.append(
+            f"{d.dataset_id:<32}{d.scored:>8}{d.skipped:>9}{d.failed:>8}{d.gave_up:>9}{d.frames:>9}{rate:>12.0f}"
+        )
     for d in summary.datasets.values():
         if d.published:
             lines.append(f"{d.dataset_id}: progress  {d.published.progress_uri}")
@@ -188,5 +324,9 @@ def format_summary(summary: RunSummary) -> str:
                 lines.append(
                     f"{d.dataset_id}: curated   {d.published.curated_uri} ({d.published.curated_episodes} ep)"
                 )
-        lines.extend(f"{d.dataset_id}: FAILED {error}" for error in d.errors)
+        lines.extend(f"{d.dataset_id}: FAILED {error}" for error in [d.catalog_error, *d.errors] if error)
+        if d.publish_error:
+            lines.append(f"{d.dataset_id}: NOT PUBLISHED {d.publish_error}")
+    if summary.run_record_uri:
+        lines.append(f"run record: {summary.run_record_uri}")
     return "\n".join(lines)

@@ -1,18 +1,27 @@
 """Committed shards: how labelled episodes reach storage safely, and how a later run finds them.
 
 Each write task groups its rows by dataset and writes one parquet shard per dataset under
-``<output>/_state/<config_hash>/<dataset_id>/``. The name is deterministic (first episode of the shard
-and a digest of its episode list), the parquet goes to a temporary name first and is renamed into
-place, and a small JSON marker is written last: a shard without its marker does not exist for readers.
-Nothing is ever overwritten in place, so a crashed or repeated run cannot corrupt committed labels, and
-the next run scores only the episodes without a committed ``ok`` result for the same config hash.
+``<output>/_state/<config_hash>/<dataset_id>/``. The parquet goes to a temporary name first and is
+renamed into place, and a small JSON marker is written last: a shard without its marker does not exist
+for readers. The name is deterministic in what the shard holds (first episode, then a digest of its
+episodes, their fingerprints and attempt numbers), so a repeated write of the same rows lands on the same
+name and a new attempt or a changed episode never replaces an older shard.
+
+Markers carry, per episode, the status, the source fingerprint, the attempt number and the error, so
+the driver decides what to score (:func:`committed_state`) and what to publish from markers alone; the
+shard bodies are read only when a dataset is published (:func:`read_rows`). Leftovers of a killed write
+(temporary files, shards whose marker never landed) are removed by :func:`remove_leftovers` at the start
+of the next run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +29,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import filesystem_for, join_uri
+from pipeline.storage import filesystem_for, join_uri, redact
+
+log = logging.getLogger(__name__)
 
 STATE_DIR = "_state"
 
@@ -37,6 +48,8 @@ SHARD_SCHEMA = pa.schema(
         ("video_uri", pa.string()),
         ("dataset_from_index", pa.int64()),
         ("dataset_to_index", pa.int64()),
+        ("fingerprint", pa.string()),
+        ("attempt", pa.int64()),
         ("status", pa.string()),
         ("error", pa.string()),
         ("frames_decoded", pa.int64()),
@@ -57,7 +70,21 @@ SHARD_SCHEMA = pa.schema(
 )
 
 # Columns a shard write reports back to the driver (small: no arrays).
-SUMMARY_COLUMNS = ("dataset_id", "episode_index", "status", "error", "length", "frames_decoded")
+SUMMARY_COLUMNS = ("dataset_id", "episode_index", "status", "error", "length", "frames_decoded", "attempt")
+TEMP_SUFFIX = ".tmp"
+MARKER_SUFFIX = ".done.json"
+
+
+@dataclass(frozen=True)
+class CommittedEpisode:
+    """One episode's committed result as its shard marker records it."""
+
+    episode_index: int
+    shard: str
+    status: str
+    fingerprint: str
+    attempts: int
+    error: str
 
 
 def state_uri(output_uri: str, config_hash: str, dataset_id: str) -> str:
@@ -73,10 +100,14 @@ def _column(batch: dict[str, np.ndarray], name: str, size: int, default: Any) ->
 
 
 def _utc(value: Any) -> datetime | None:
-    """A scorer timestamp as an aware UTC datetime (numpy batches carry naive datetime64, NaT if unset)."""
+    """A scorer timestamp as an aware UTC datetime, or None when the row was never scored.
+
+    Ray's numpy batches carry naive ``datetime64`` (NaT if unset), ``datetime`` objects, or, in a batch
+    where every row failed, a float column of NaN: anything that is not a time means "not scored".
+    """
     if isinstance(value, np.datetime64):
         value = None if np.isnat(value) else value.astype("datetime64[us]").item()
-    if value is None:
+    if not isinstance(value, datetime):
         return None
     return value if value.tzinfo else value.replace(tzinfo=UTC)
 
@@ -98,11 +129,11 @@ def batch_to_table(batch: dict[str, np.ndarray], config_hash: str) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=SHARD_SCHEMA)
 
 
-def shard_name(episodes: list[int]) -> str:
-    """Deterministic shard name from its episodes: the first one, then a digest of the whole list."""
-    ordered = sorted(episodes)
-    digest = hashlib.sha256(",".join(map(str, ordered)).encode()).hexdigest()[:10]
-    return f"ep-{ordered[0]:06d}-{digest}"
+def shard_name(episodes: list[int], fingerprints: list[str], attempts: list[int]) -> str:
+    """Deterministic shard name: the first episode, then a digest of (episode, fingerprint, attempt)s."""
+    entries = sorted(zip(episodes, fingerprints, attempts, strict=True))
+    digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:12]
+    return f"ep-{entries[0][0]:06d}-{digest}"
 
 
 def commit_shard(table: pa.Table, folder_uri: str, storage_options: dict[str, Any]) -> str:
@@ -110,9 +141,11 @@ def commit_shard(table: pa.Table, folder_uri: str, storage_options: dict[str, An
     fs, folder = filesystem_for(folder_uri, storage_options)
     fs.makedirs(folder, exist_ok=True)
     episodes = table.column("episode_index").to_pylist()
-    name = shard_name(episodes)
+    fingerprints = table.column("fingerprint").to_pylist()
+    attempts = table.column("attempt").to_pylist()
+    name = shard_name(episodes, fingerprints, attempts)
     final = f"{folder}/{name}.parquet"
-    temp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    temp = f"{folder}/.{name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
     with fs.open(temp, "wb") as f:
         pq.write_table(table, f)
     fs.mv(temp, final)
@@ -120,9 +153,14 @@ def commit_shard(table: pa.Table, folder_uri: str, storage_options: dict[str, An
         "shard": f"{name}.parquet",
         "episodes": episodes,
         "status": table.column("status").to_pylist(),
+        "fingerprints": fingerprints,
+        "attempts": attempts,
+        "errors": table.column("error").to_pylist(),
         "committed_at": datetime.now(UTC).isoformat(),
     }
-    with fs.open(f"{folder}/{name}.done.json", "w") as f:
+    # The marker is one small object written by one PUT (or a local write of a few hundred bytes): a
+    # reader sees it whole or not at all, and the shard it names is complete before it is written.
+    with fs.open(f"{folder}/{name}{MARKER_SUFFIX}", "w") as f:
         json.dump(marker, f)
     return fs.unstrip_protocol(final)
 
@@ -132,52 +170,120 @@ def write_shards(
 ) -> dict[str, np.ndarray]:
     """Ray Data ``map_batches`` function: commit the batch's rows, one shard per dataset.
 
-    Returns the small per-episode summary columns (``SUMMARY_COLUMNS``) for the driver's report.
+    Returns the small per-episode summary columns (``SUMMARY_COLUMNS``) for the driver's report. A shard
+    that cannot be written (storage down) does not fail the batch: its rows come back ``failed`` with
+    the folder and the reason, nothing is committed for them, and the next run scores them again.
     """
     table = batch_to_table(batch, config_hash)
-    for dataset_id in sorted(set(table.column("dataset_id").to_pylist())):
+    summary = {name: table.column(name).to_pylist() for name in SUMMARY_COLUMNS}
+    for dataset_id in sorted(set(summary["dataset_id"])):
         part = table.filter(pa.compute.equal(table.column("dataset_id"), dataset_id))
-        commit_shard(part, state_uri(output_uri, config_hash, dataset_id), storage_options)
-    return {name: np.asarray(table.column(name).to_pylist(), dtype=object) for name in SUMMARY_COLUMNS}
+        folder = state_uri(output_uri, config_hash, dataset_id)
+        try:
+            commit_shard(part, folder, storage_options)
+        except Exception as err:  # one dataset's failed commit must not lose the others' rows
+            reason = redact(
+                f"{dataset_id}: writing a shard under {folder}: {type(err).__name__}: {err}", storage_options
+            )
+            log.warning("shard write failed: %s", reason)
+            for i, row_dataset in enumerate(summary["dataset_id"]):
+                if row_dataset == dataset_id:
+                    summary["status"][i], summary["error"][i] = "failed", reason
+    return {name: np.asarray(values, dtype=object) for name, values in summary.items()}
 
 
-def _markers(folder_uri: str, storage_options: dict[str, Any]) -> list[tuple[Any, str, dict[str, Any]]]:
+def _markers(folder_uri: str, storage_options: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every marker in a state folder, oldest commit first."""
     fs, folder = filesystem_for(folder_uri, storage_options)
     # Filesystem instances are shared per process; another run in it may have listed this folder before.
     fs.invalidate_cache(folder)
     if not fs.exists(folder):
         return []
     found = []
-    for path in sorted(fs.glob(f"{folder}/*.done.json")):
+    for path in sorted(fs.glob(f"{folder}/*{MARKER_SUFFIX}")):
         with fs.open(path, "r") as f:
-            found.append((fs, folder, json.load(f)))
-    return found
+            found.append(json.load(f))
+    return sorted(found, key=lambda marker: marker["committed_at"])
 
 
-def committed_ok_episodes(folder_uri: str, storage_options: dict[str, Any]) -> set[int]:
-    """Episodes that already have a committed ``ok`` result in this state folder."""
-    done: set[int] = set()
-    for _, _, marker in _markers(folder_uri, storage_options):
-        done.update(
-            ep for ep, status in zip(marker["episodes"], marker["status"], strict=True) if status == "ok"
-        )
-    return done
+def committed_state(
+    folder_uri: str, storage_options: dict[str, Any]
+) -> dict[tuple[int, str], CommittedEpisode]:
+    """What is committed per (episode, fingerprint), from the markers alone.
+
+    An ``ok`` result wins over failures (the latest ``ok`` if several); otherwise the latest failure,
+    with ``attempts`` the highest attempt number committed. Markers written before fingerprints existed
+    have none, so their episodes match no current fingerprint and are scored again.
+    """
+    state: dict[tuple[int, str], CommittedEpisode] = {}
+    for marker in _markers(folder_uri, storage_options):
+        size = len(marker["episodes"])
+        fingerprints = marker.get("fingerprints") or [""] * size
+        attempts = marker.get("attempts") or [1] * size
+        errors = marker.get("errors") or [""] * size
+        for episode, status, fingerprint, attempt, error in zip(
+            marker["episodes"], marker["status"], fingerprints, attempts, errors, strict=True
+        ):
+            key = (int(episode), str(fingerprint))
+            entry = CommittedEpisode(key[0], marker["shard"], status, key[1], int(attempt), error or "")
+            previous = state.get(key)
+            if previous is None or status == "ok" or previous.status != "ok":
+                state[key] = entry
+    return state
 
 
-def read_committed(folder_uri: str, storage_options: dict[str, Any]) -> pa.Table:
-    """All committed rows of one dataset, one per episode: the latest ``ok`` one, else the latest attempt."""
+def read_rows(
+    folder_uri: str, episodes: Iterable[CommittedEpisode], storage_options: dict[str, Any]
+) -> pa.Table:
+    """The committed rows of exactly these entries, sorted by episode; each shard file is read once."""
+    wanted: dict[str, dict[int, CommittedEpisode]] = {}
+    for entry in episodes:
+        wanted.setdefault(entry.shard, {})[entry.episode_index] = entry
+    fs, folder = filesystem_for(folder_uri, storage_options)
     tables = []
-    for fs, folder, marker in _markers(folder_uri, storage_options):
-        with fs.open(f"{folder}/{marker['shard']}", "rb") as f:
-            tables.append(pq.read_table(f, schema=SHARD_SCHEMA))
+    for shard, entries in sorted(wanted.items()):
+        with fs.open(f"{folder}/{shard}", "rb") as f:
+            table = pq.read_table(f, schema=SHARD_SCHEMA)
+        keep = [
+            i
+            for i, (episode, fingerprint) in enumerate(
+                zip(
+                    table.column("episode_index").to_pylist(),
+                    table.column("fingerprint").to_pylist(),
+                    strict=True,
+                )
+            )
+            if episode in entries and entries[episode].fingerprint == (fingerprint or "")
+        ]
+        tables.append(table.take(keep))
     if not tables:
         return SHARD_SCHEMA.empty_table()
-    rows = pa.concat_tables(tables).sort_by([("episode_index", "ascending"), ("scored_at", "ascending")])
-    best: dict[int, int] = {}
-    for i, (episode, status) in enumerate(
-        zip(rows.column("episode_index").to_pylist(), rows.column("status").to_pylist(), strict=True)
-    ):
-        previous = best.get(episode)
-        if previous is None or status == "ok" or rows.column("status")[previous].as_py() != "ok":
-            best[episode] = i
-    return rows.take(sorted(best.values()))
+    return pa.concat_tables(tables).sort_by("episode_index")
+
+
+def remove_leftovers(folder_uri: str, storage_options: dict[str, Any]) -> int:
+    """Deletes what a killed write left in a state folder: temp files and shards without a marker.
+
+    Runs on the driver before any write of this run, so nothing it removes can be in flight (nightly
+    runs do not overlap: the schedulers in ``infra/`` refuse a second concurrent run).
+
+    Returns:
+        The number of objects removed.
+    """
+    fs, folder = filesystem_for(folder_uri, storage_options)
+    fs.invalidate_cache(folder)
+    if not fs.exists(folder):
+        return 0
+    names = {path.rsplit("/", 1)[-1] for path in fs.ls(folder, detail=False)}
+    markers = {name[: -len(MARKER_SUFFIX)] for name in names if name.endswith(MARKER_SUFFIX)}
+    stale = [
+        name
+        for name in names
+        if name.endswith(TEMP_SUFFIX)
+        or (name.endswith(".parquet") and name[: -len(".parquet")] not in markers)
+    ]
+    for name in stale:
+        fs.rm(f"{folder}/{name}")
+    if stale:
+        log.info("state: removed %d leftover object(s) of an interrupted write in %s", len(stale), folder_uri)
+    return len(stale)

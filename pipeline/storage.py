@@ -97,3 +97,82 @@ def upload_dataset(local_root: str | Path, fs: Any, uri: str) -> str:
     if missing:
         raise RuntimeError(f"{len(missing)} files missing under {uri} after upload, e.g. {missing[:3]}")
     return uri
+
+
+# Written at the root of every output.uri: the catalog never lists a folder under it as a source dataset.
+OUTPUT_MARKER = "_topreward_output.json"
+
+
+def normalize_uri(uri: str) -> str:
+    """A URI with ``.``/``..`` segments resolved and no trailing ``/``; local paths made absolute.
+
+    Raises:
+        ValueError: the path climbs above its bucket (``s3://b/../x``) or is empty.
+    """
+    protocol, sep, path = uri.partition("://")
+    if not sep:
+        return Path(uri).expanduser().resolve().as_posix()
+    if protocol == "file":
+        return "file://" + Path(path).resolve().as_posix()
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if len(parts) <= 1:
+                raise ValueError(f"{uri}: '..' climbs above the bucket")
+            parts.pop()
+        else:
+            parts.append(part)
+    if not parts:
+        raise ValueError(f"{uri}: no bucket or path")
+    return f"{protocol}://" + "/".join(parts)
+
+
+def is_under(uri: str, base_uri: str) -> bool:
+    """Whether ``uri`` is ``base_uri`` itself or inside it, after normalisation (same protocol only)."""
+    uri, base = normalize_uri(uri), normalize_uri(base_uri)
+    return uri == base or uri.startswith(base.rstrip("/") + "/")
+
+
+def ensure_under(uri: str, base_uri: str) -> str:
+    """Returns ``uri`` when it stays under ``base_uri``; every written output path goes through this.
+
+    Raises:
+        ValueError: ``uri`` escapes ``base_uri`` (e.g. a dataset id with ``..`` in it).
+    """
+    if not is_under(uri, base_uri):
+        raise ValueError(f"refusing to write {uri}: it is not under the output {base_uri}")
+    return uri
+
+
+def storage_retry_options(uri: str, storage_options: Mapping[str, Any], attempts: int) -> dict[str, Any]:
+    """``storage_options`` with the backend's own retry-with-backoff set to ``attempts`` tries.
+
+    s3fs: botocore's standard retry mode (backoff with jitter on 5xx, throttling and connection errors)
+    via ``config_kwargs``, on top of s3fs's own retries of dropped connections. gcsfs retries 5xx and
+    connection errors with backoff by itself (6 tries); it takes no per-instance setting. Values the
+    user set explicitly are kept.
+    """
+    options = dict(storage_options)
+    if uri.startswith(("s3://", "s3a://")):
+        config_kwargs = dict(options.get("config_kwargs") or {})
+        config_kwargs.setdefault("retries", {"max_attempts": attempts, "mode": "standard"})
+        options["config_kwargs"] = config_kwargs
+    return options
+
+
+def with_storage_retries(cfg: Any) -> Any:
+    """The run config with ``retry.storage_attempts`` applied to the source and output storage options."""
+    from dataclasses import replace
+
+    attempts = cfg.retry.storage_attempts
+    first_source = cfg.source.uris[0] if cfg.source.uris else ""
+    source = replace(
+        cfg.source, storage_options=storage_retry_options(first_source, cfg.source.storage_options, attempts)
+    )
+    output = replace(
+        cfg.output,
+        storage_options=storage_retry_options(cfg.output.uri, cfg.output.storage_options, attempts),
+    )
+    return replace(cfg, source=source, output=output)

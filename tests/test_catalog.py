@@ -65,7 +65,7 @@ def test_lists_every_episode_with_task_length_and_offsets(location, name):
 
 def test_rows_are_flat_plain_python(synth_dir):
     row = list_episodes(SourceConfig(uris=[str(synth_dir / "v30")]))[0].to_row()
-    assert list(row) == [f.name for f in EpisodeRecord.__dataclass_fields__.values()]
+    assert list(row) == [f.name for f in EpisodeRecord.__dataclass_fields__.values()] + ["fingerprint"]
     assert row["tasks"] == [row["task"]] and isinstance(row["tasks"], list)
     assert all(isinstance(v, str | int | float | list) for v in row.values())
     assert (row["status"], row["error"]) == ("ok", "")
@@ -113,7 +113,7 @@ def _broken_datasets(synth_dir: Path, tmp: Path) -> dict[str, str]:
         "unknown_version": "meta/info.json: unsupported codebase_version 'v9.9'",
         "bad_parquet": "meta/episodes/chunk-000/file-000.parquet: ",
         "no_jsonl": "meta/episodes.jsonl: not found",
-        "bad_jsonl": "meta/episodes.jsonl: missing key 'length'",
+        "bad_jsonl": "meta/episodes.jsonl: line 1: missing key 'length'",
     }
 
 
