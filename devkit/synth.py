@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from datasets.utils import logging as datasets_logging
 from lerobot.configs.video import RGBEncoderConfig
 from lerobot.datasets.compute_stats import compute_episode_stats, get_feature_stats
 from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
@@ -57,6 +60,7 @@ __all__ = [
     "frame_code",
     "main",
     "make_frame",
+    "quiet_encoders",
     "synth_action",
     "synth_state",
     "task_for_episode",
@@ -280,6 +284,36 @@ def _check_args(lengths: Sequence[int], cameras: Sequence[str]) -> None:
         raise ValueError(f"need 1..{MAX_CAMERAS} cameras, got {len(cameras)}")
 
 
+@contextmanager
+def quiet_encoders() -> Iterator[None]:
+    """Silences what the video encoders print while synthetic videos are written.
+
+    SVT-AV1 prints its banner and settings from C straight to stderr at every encoder start unless its
+    ``SVT_LOG`` level says otherwise (1: errors only). LeRobot's encoder hands libav's log back to FFmpeg's
+    own printer (``av.logging.restore_default_callback``), which then prints muxer notes such as
+    ``[mp4 @ ...] Starting second pass``; libav's level drops those, and on exit PyAV's logging as it was
+    before (by default: libav messages not printed) is put back. The ``datasets`` progress bars of
+    LeRobot's episode saving go too.
+    """
+    svt_log = os.environ.get("SVT_LOG")
+    pyav_level = av.logging.get_level()
+    bars_were_enabled = datasets_logging.is_progress_bar_enabled()
+    os.environ["SVT_LOG"] = "1"
+    av.logging.set_libav_level(av.logging.ERROR)
+    datasets_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if svt_log is None:
+            os.environ.pop("SVT_LOG", None)
+        else:
+            os.environ["SVT_LOG"] = svt_log
+        av.logging.set_libav_level(av.logging.INFO)  # FFmpeg's default
+        av.logging.set_level(pyav_level)
+        if bars_were_enabled:
+            datasets_logging.enable_progress_bar()
+
+
 def _garbage(nbytes: int, seed: int) -> bytes:
     return np.random.default_rng(seed).integers(0, 256, nbytes, dtype=np.uint8).tobytes()
 
@@ -307,6 +341,7 @@ def _corrupt_packets(path: Path, from_s: float, to_s: float, fps: int, seed: int
             f.write(_garbage(size, seed + pos))
 
 
+@quiet_encoders()
 def write_v30_dataset(
     root: str | Path,
     repo_id: str = "synth/toy",
@@ -439,6 +474,7 @@ def _write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
+@quiet_encoders()
 def write_v21_dataset(
     root: str | Path,
     repo_id: str = "synth/toy",

@@ -3,8 +3,9 @@
     make demo          (or: python -m jobs.demo [key=value ...])
 
 It builds the tiny random Qwen3-VL and a synthetic LeRobot v3.0 dataset, starts moto's S3 server on
-127.0.0.1, uploads the dataset, runs ``jobs.relabel`` from ``s3://`` to ``s3://``, copies the outputs to
-``outputs/demo/`` for a look, prints the summary, and stops the server. The model is random, so the
+127.0.0.1, uploads the dataset, runs ``jobs.relabel`` from ``s3://`` to ``s3://``, writes the HTML report
+(``jobs.report``), copies the outputs to ``outputs/demo/`` for a look, prints the summary, stops the server
+and prints the path of the report. The model is random, so the
 numbers are meaningless; everything else (Ray Data, object storage, the parquet contracts, the curated
 dataset) is the production path. Extra ``key=value`` arguments override the relabel config.
 """
@@ -56,15 +57,19 @@ def main(argv: list[str] | None = None) -> int:
     # Ray listens on loopback only here, so its token auth is not needed.
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Credential lookups and codec choices are not what a demo transcript is for.
+    for name in ("botocore", "aiobotocore", "lerobot"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     import s3fs
 
-    from pipeline.config import load_config
     from devkit.local_s3 import local_s3
-    from devkit.tiny_model import ensure_tiny_model
-    from pipeline.relabel import format_summary, run
-    from pipeline.storage import upload_dataset
     from devkit.synth import write_v30_dataset
+    from devkit.tiny_model import ensure_tiny_model
+    from pipeline.config import load_config
+    from pipeline.relabel import format_summary, run
+    from pipeline.report import ReportJob, threshold_origin, write_report
+    from pipeline.storage import upload_dataset
 
     model_dir = ensure_tiny_model(CACHE / "models" / "tiny-qwen3_vl-s0", "qwen3_vl", "tiny", 0)
     print(f"demo: tiny Qwen3-VL at {model_dir}")
@@ -77,15 +82,20 @@ def main(argv: list[str] | None = None) -> int:
             upload_dataset(local, fs, f"s3://{BUCKET_IN}/{DATASET}")
         print(f"demo: synthetic LeRobot v3.0 dataset uploaded to s3://{BUCKET_IN}/{DATASET} ({endpoint})")
 
-        cfg = load_config(demo_overrides(model_dir, endpoint) + list(sys.argv[1:] if argv is None else argv))
+        overrides = demo_overrides(model_dir, endpoint) + list(sys.argv[1:] if argv is None else argv)
+        cfg = load_config(overrides)
         summary = run(cfg)
         print(format_summary(summary))
+        # The report goes where jobs.report puts it by default, <output.uri>/_report/, read from s3://.
+        report = write_report(cfg, ReportJob(), threshold_origin(overrides))
 
         if OUTPUT.exists():
             shutil.rmtree(OUTPUT)
         fs.get(f"{BUCKET_OUT}/topreward/", str(OUTPUT), recursive=True)
         print(f"demo: outputs copied from s3://{BUCKET_OUT}/topreward to {OUTPUT}")
     print("demo: S3 server stopped")
+    local_report = OUTPUT / report.removeprefix(cfg.output.uri.rstrip("/") + "/")
+    print(f"demo: report {local_report} (open it in a browser)")
     return 0
 
 

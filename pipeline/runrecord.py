@@ -19,9 +19,11 @@ from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
+from pipeline.atomic import write_bytes
 from pipeline.storage import OUTPUT_MARKER, ensure_under, filesystem_for, join_uri
 
 RUNS_DIR = "_runs"
+_MARKER_BYTES = json.dumps({"written_by": "topreward-pipeline", "role": "outputs, not a source"}).encode()
 _PACKAGES = (
     "topreward-pipeline",
     "ray",
@@ -92,21 +94,11 @@ class RunRecord:
 
     def write(self) -> str:
         """Writes the record (and, once, the output root marker); returns its URI."""
-        fs, path = filesystem_for(self.uri, self.storage_options)
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        marker_fs, marker = filesystem_for(join_uri(self.output_uri, OUTPUT_MARKER), self.storage_options)
-        if not marker_fs.exists(marker):
-            with marker_fs.open(marker, "w") as f:
-                json.dump({"written_by": "topreward-pipeline", "note": "not a source dataset"}, f)
-        text = json.dumps(self.to_json(), indent=2, sort_keys=True)
-        if "file" in fs.protocol:  # local rename is atomic; an object PUT is atomic by itself
-            temp = f"{path}.{uuid.uuid4().hex}.tmp"
-            with fs.open(temp, "w") as f:
-                f.write(text)
-            fs.mv(temp, path)
-        else:
-            with fs.open(path, "w") as f:
-                f.write(text)
+        # Unchanged bytes are not rewritten, so this costs one small read after the first run.
+        write_bytes(_MARKER_BYTES, join_uri(self.output_uri, OUTPUT_MARKER), self.storage_options)
+        write_bytes(
+            json.dumps(self.to_json(), indent=2, sort_keys=True).encode(), self.uri, self.storage_options
+        )
         return self.uri
 
     def finish(self, status: str, error: str = "") -> str:

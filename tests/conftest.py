@@ -53,6 +53,16 @@ def s3(s3_options):
 
 
 @pytest.fixture(scope="session")
+def gcs_options():
+    """fsspec (gcsfs) storage options reaching a GCS emulator on 127.0.0.1 with the test bucket; the
+    emulator is stopped at the end of the session."""
+    from devkit.local_gcs import local_gcs
+
+    with local_gcs(BUCKET) as endpoint:
+        yield {"endpoint_url": endpoint, "token": "anon"}
+
+
+@pytest.fixture(scope="session")
 def ray_session(tmp_path_factory):
     """A real local Ray with 2 CPUs and a small object store, shut down at the end."""
     import ray
@@ -85,6 +95,32 @@ def tiny_qwen25_dir() -> Path:
 
     return ensure_tiny_model(
         CACHE / "models" / "tiny-qwen2_5_vl-s0", family="qwen2_5_vl", size="tiny", seed=0
+    )
+
+
+def relabel_config(source: str, output: str, model_dir, storage_options: dict, *extra: str):
+    """A relabel config for tests: the tiny model, 64x64 frames, 8 frames and 4 prefixes per episode.
+
+    ``source`` is one URI or a list of them; ``storage_options`` apply to both source and output.
+    """
+    from pipeline.config import load_config
+
+    storage = "{" + ", ".join(f"{k}: '{v}'" for k, v in storage_options.items()) + "}"
+    sources = source if isinstance(source, list) else [source]
+    return load_config(
+        [
+            f"source.uris=[{','.join(sources)}]",
+            f"source.storage_options={storage}",
+            f"output.uri={output}",
+            f"output.storage_options={storage}",
+            f"model.path={model_dir}",
+            "frames.height=64",
+            "frames.width=64",
+            "frames.max_frames=8",
+            "prefixes.num=4",
+            "success.threshold=-1000",
+            *extra,
+        ]
     )
 
 

@@ -11,35 +11,18 @@ import pytest
 import torch
 
 from pipeline.catalog import list_episodes
-from pipeline.config import load_config
 from pipeline.frames.decode import decode_episode
 from pipeline.publish import EPISODES_FILE, PROGRESS_FILE
 from pipeline.relabel import format_summary, run
 from pipeline.scoring.inputs import EpisodeClip
 from pipeline.scoring.scorer import PrefixScorer
 from pipeline.stages.label import label_episode
-from tests.conftest import BUCKET, SYNTH_LENGTHS
+from tests.conftest import BUCKET, SYNTH_LENGTHS, relabel_config
 
 pytestmark = pytest.mark.slow
 
 
-def _config(source: str, output: str, model_dir, s3_options, *extra: str):
-    storage = "{" + ", ".join(f"{k}: '{v}'" for k, v in s3_options.items()) + "}"
-    return load_config(
-        [
-            f"source.uris=[{source}]",
-            f"source.storage_options={storage}",
-            f"output.uri={output}",
-            f"output.storage_options={storage}",
-            f"model.path={model_dir}",
-            "frames.height=64",
-            "frames.width=64",
-            "frames.max_frames=8",
-            "prefixes.num=4",
-            "success.threshold=-1000",
-            *extra,
-        ]
-    )
+_config = relabel_config
 
 
 def _read(s3, uri: str):

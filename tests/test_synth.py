@@ -15,7 +15,7 @@ from lerobot.configs.video import RGBEncoderConfig
 from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-from pipeline import synth
+from devkit import synth
 from pipeline.storage import upload_dataset
 from tests.conftest import BUCKET
 

@@ -1,0 +1,92 @@
+"""Copy one dataset's relabel outputs from ``s3://`` / ``gs://`` (or any fsspec URI) to a local folder.
+
+LeRobot's trainer reads ``--dataset.root`` and ``--sample_weighting.progress_path`` from local disk (or
+``hf://``), not from object storage, so outputs are pulled down before training:
+
+    python -m jobs.pull s3://fleet-labels/topreward/so100/pick_cube data/pick_cube \\
+        output.storage_options='{endpoint_url: http://127.0.0.1:9000}'
+
+The folder gets the dataset's files as they are under the URI (``topreward_progress.parquet``,
+``episodes.parquet``, ``curated/``). Storage options use the same ``key=value`` syntax and the same key
+as ``jobs.relabel`` (``output.storage_options``); credentials otherwise come from the backend's usual
+environment and config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import posixpath
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import ConfigError, load_config
+from pipeline.publish import CURATED_DIR, EPISODES_FILE, PROGRESS_FILE
+from pipeline.storage import filesystem_for, redact
+
+
+def pull(uri: str, dest: str | Path, storage_options: Mapping[str, Any] | None = None) -> list[Path]:
+    """Copy every file under ``uri`` to the same relative path under ``dest``.
+
+    Args:
+        uri: a dataset's output folder, e.g. ``s3://labels/topreward/so100/pick_cube``.
+        dest: local folder; created if missing, files already there are overwritten.
+        storage_options: fsspec options of the source (endpoint, credentials).
+
+    Returns:
+        The local files written, sorted.
+
+    Raises:
+        FileNotFoundError: nothing is stored under ``uri``.
+    """
+    fs, root = filesystem_for(uri, storage_options)
+    root = root.rstrip("/")
+    # A fresh listing: an earlier run in this process may have cached a listing from before the upload.
+    fs.invalidate_cache(root)
+    remote = sorted(fs.find(root))
+    if not remote:
+        raise FileNotFoundError(f"no files under {uri}")
+    local = [Path(dest) / posixpath.relpath(path, root) for path in remote]
+    for path in {p.parent for p in local}:
+        path.mkdir(parents=True, exist_ok=True)
+    fs.get(remote, [str(p) for p in local])
+    return local
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Pull the outputs and print where LeRobot's trainer finds them; exit 2 on a bad argument."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "uri", help="<output.uri>/<dataset id>, e.g. s3://fleet-labels/topreward/so100/pick_cube"
+    )
+    parser.add_argument("dest", help="local folder")
+    parser.add_argument("overrides", nargs="*", help="output.storage_options='{...}' (as for jobs.relabel)")
+    args = parser.parse_args(argv)
+    try:
+        options = load_config(args.overrides).output.storage_options
+    except ConfigError as err:
+        print(f"jobs.pull: {err}", file=sys.stderr)
+        return 2
+    try:
+        files = pull(args.uri, args.dest, options)
+    except FileNotFoundError as err:
+        print(f"jobs.pull: {redact(str(err), options)}", file=sys.stderr)
+        return 2
+    dest = Path(args.dest)
+    size = sum(f.stat().st_size for f in files)
+    print(f"pulled {len(files)} files ({size / 1e6:.1f} MB) from {args.uri} to {dest}")
+    for label, path in (
+        ("progress (--sample_weighting.progress_path)", dest / PROGRESS_FILE),
+        ("episodes", dest / EPISODES_FILE),
+        ("curated  (--dataset.root)", dest / CURATED_DIR),
+    ):
+        if path.exists():
+            print(f"{label}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Reading what a relabel run published, and finding each episode's frames again in its source dataset.
+
+Datasets are found under ``output.uri`` by their ``episodes.parquet`` (``<robot>/<task>/episodes.parquet``;
+folders starting with ``_``, such as ``_state``, are bookkeeping). Columns are read by name so that
+tables with extra columns, or written by an older version without some, still load.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.parquet as pq
+from lerobot.datasets.utils import INFO_PATH
+
+from pipeline.catalog import EpisodeRecord, list_episodes
+from pipeline.config import SourceConfig
+from pipeline.publish import CURATED_DIR, EPISODES_FILE
+from pipeline.storage import filesystem_for, join_uri, redact
+
+# The folder every LeRobot video_path template starts with (v3.0 and v2.1), right under the root.
+VIDEOS_DIR = "videos"
+
+
+def find_datasets(output_uri: str, storage_options: dict[str, Any]) -> list[str]:
+    """Dataset ids (``robot/task``) that have an ``episodes.parquet`` under ``output_uri``, sorted."""
+    fs, base = filesystem_for(output_uri, storage_options)
+    base = base.rstrip("/")
+    fs.invalidate_cache(base)
+    found = []
+    for path in fs.glob(posixpath.join(base, "*", "*", EPISODES_FILE)):
+        dataset_id = posixpath.relpath(posixpath.dirname(path), base)
+        if not any(part.startswith(("_", ".")) for part in dataset_id.split("/")):
+            found.append(dataset_id)
+    return sorted(found)
+
+
+def read_episodes(uri: str, storage_options: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of an ``episodes.parquet`` as dicts, sorted by episode index."""
+    fs, path = filesystem_for(uri, storage_options)
+    with fs.open(path, "rb") as f:
+        rows = pq.read_table(f).to_pylist()
+    return sorted(rows, key=lambda row: row["episode_index"])
+
+
+def curated_count(dataset_uri: str, storage_options: dict[str, Any]) -> int | None:
+    """Episodes in the published curated dataset (its ``meta/info.json``); None when there is none."""
+    fs, path = filesystem_for(join_uri(dataset_uri, CURATED_DIR, INFO_PATH), storage_options)
+    fs.invalidate_cache(posixpath.dirname(path))
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "rb") as f:
+        return int(json.load(f)["total_episodes"])
+
+
+def source_root(row: dict[str, Any]) -> str:
+    """The source dataset root of an episodes row: its ``root`` column, else the part of its video URI
+    before the ``videos/`` folder that every LeRobot layout puts right under the root."""
+    if row.get("root"):
+        return str(row["root"])
+    video_uri = str(row.get("video_uri") or "")
+    marker = f"/{VIDEOS_DIR}/"
+    if marker not in video_uri:
+        raise ValueError(f"cannot tell the dataset root from video URI {video_uri!r}")
+    return video_uri.rsplit(marker, 1)[0]
+
+
+@dataclass(frozen=True)
+class SourceEpisodes:
+    """The source dataset of one episodes table, listed again: where each episode sits in its video."""
+
+    root: str
+    records: dict[int, EpisodeRecord]
+    frame_shape: tuple[int, int] | None  # (height, width) of the camera, from info.json
+    error: str = ""  # why the dataset could not be listed ("" when it could)
+
+
+def list_source(rows: list[dict[str, Any]], storage_options: dict[str, Any]) -> SourceEpisodes:
+    """List the source dataset of an episodes table (metadata only); never raises.
+
+    Args:
+        rows: the table's rows (one dataset, one camera).
+        storage_options: fsspec options for the source dataset.
+
+    Returns:
+        The listed episodes by index, the camera's frame size, or the reason nothing could be listed.
+    """
+    if not rows:
+        return SourceEpisodes("", {}, None, "no episodes")
+    camera = next((row["camera"] for row in rows if row.get("camera")), None)
+    try:
+        root = source_root(rows[0])
+        records = list_episodes(SourceConfig(uris=[root], camera=camera, storage_options=storage_options))
+        fs, path = filesystem_for(join_uri(root, INFO_PATH), storage_options)
+        with fs.open(path, "rb") as f:
+            feature = json.load(f)["features"][camera]
+        # Named axes when the dataset states them (channels may come first); LeRobot writes (h, w, c).
+        names = feature.get("names") or ["height", "width", "channels"]
+        axes = dict(zip(names, feature["shape"], strict=False))
+        shape = (int(axes["height"]), int(axes["width"]))
+    except Exception as err:  # the report shows the reason instead of the frames
+        reason = redact(f"{type(err).__name__}: {err}", storage_options)
+        return SourceEpisodes("", {}, None, f"source dataset not readable: {reason}")
+    ok = {r.episode_index: r for r in records if r.status == "ok"}
+    errors = [r.error for r in records if r.status != "ok"]
+    return SourceEpisodes(root, ok, shape, "" if ok else "; ".join(errors))

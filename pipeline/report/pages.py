@@ -1,0 +1,314 @@
+"""The HTML report: one self-contained page per dataset (figures inlined as PNG) and an index page.
+
+No server and nothing fetched: every image is a data URI and the style sheet is inline, so a page can be
+mailed, attached to a ticket or opened from a bucket download as is.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import posixpath
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from pipeline.config import ConfigError, RelabelConfig
+from pipeline.frames.decode import decode_frames
+from pipeline.publish import EPISODES_FILE
+from pipeline.report.config import ReportConfig, ReportJob
+from pipeline.report.outputs import (
+    SourceEpisodes,
+    curated_count,
+    find_datasets,
+    list_source,
+    read_episodes,
+)
+from pipeline.report.plots import episode_figure, success_histogram, voc_histogram
+from pipeline.storage import filesystem_for, join_uri, redact
+
+REPORT_DIR = "_report"
+INDEX_FILE = "index.html"
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 980px; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; } h3 { font-size: 1em; margin: 0; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+.figures { display: flex; flex-wrap: wrap; gap: 1em; }
+.episode { border: 1px solid #ddd; border-radius: 6px; padding: 0.6em; margin: 0.8em 0; }
+.episode.failed { border-color: #d62728; }
+.meta, .note { font-size: 0.9em; color: #555; margin: 0.3em 0; }
+.error { color: #b00; font-family: monospace; white-space: pre-wrap; }
+.yes { color: #2ca02c; font-weight: bold; } .no { color: #d62728; font-weight: bold; }
+img { max-width: 100%; }
+"""
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    """One line of the index page."""
+
+    dataset_id: str
+    page: str  # path relative to the report folder
+    episodes: int
+    ok: int
+    failed: int
+    successes: int
+    curated: int | None
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _page(title: str, body: list[str]) -> str:
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )
+
+
+def episode_thumbnails(
+    row: dict[str, Any], source: SourceEpisodes, cfg: RelabelConfig, rcfg: ReportConfig
+) -> tuple[np.ndarray | None, list[int], str]:
+    """Thumbnails of one episode from its source video, evenly spaced from its first to its last frame.
+
+    Returns:
+        ``(frames, raw frame indices, "")``, or ``(None, [], reason)`` when they cannot be had.
+    """
+    record = source.records.get(int(row["episode_index"]))
+    if record is None:
+        # A dataset-wide reason is stated once above the episodes, not repeated on each.
+        return None, [], "" if source.error else "the episode is no longer in the source dataset"
+    indices = np.unique(np.round(np.linspace(0, record.length - 1, rcfg.strip_frames)).astype(np.int64))
+    height, width = source.frame_shape or (rcfg.thumb_height, rcfg.thumb_height)
+    size = (rcfg.thumb_height, max(1, round(rcfg.thumb_height * width / height)))
+    try:
+        clip = decode_frames(
+            record.video_uri,
+            indices / record.fps,
+            record.from_timestamp,
+            size,
+            cfg.source.storage_options,
+            cfg.source.block_size,
+            fps=record.fps,
+        )
+    except Exception as err:  # a missing or broken video is a note on the page, never a failed report
+        return None, [], redact(str(err), cfg.source.storage_options)
+    return clip.frames, [int(i) for i in indices], ""
+
+
+def _episode_section(
+    row: dict[str, Any], source: SourceEpisodes, cfg: RelabelConfig, rcfg: ReportConfig, threshold: float
+) -> str:
+    index = int(row["episode_index"])
+    head = f"Episode {index} · {html.escape(str(row['status']))}"
+    task = html.escape(str(row.get("task") or ""))
+    meta = f"task: “{task}” · {row.get('length')} frames"
+    if row["status"] != "ok":
+        error = html.escape(str(row.get("error") or ""))
+        return (
+            f"<section class='episode failed' id='episode-{index}'><h3>{head}</h3>"
+            f"<p class='meta'>{meta}</p><p class='error'>{error}</p></section>"
+        )
+    score = row.get("success_score")
+    succeeded = _finite(score) and score > threshold
+    verdict = "<span class='yes'>success</span>" if succeeded else "<span class='no'>no success</span>"
+    voc = row.get("voc")
+    voc_text = f"{voc:.3f}" if _finite(voc) else "undefined (constant progress)"
+    score_text = f"{score:.3f}" if _finite(score) else "n/a"
+    meta += (
+        f" · success score {score_text} vs threshold {threshold:g} → {verdict} · VOC {voc_text}"
+        f" · curated: {'yes' if row.get('selected') else 'no'}"
+    )
+    frames, frame_indices, note = episode_thumbnails(row, source, cfg, rcfg)
+    plot = episode_figure(
+        frames,
+        frame_indices,
+        list(row.get("prefix_frame_indices") or []),
+        list(row.get("progress") or []),
+        list(row.get("log_p_true") or []),
+        int(row["length"]),
+        score if _finite(score) else math.nan,
+        threshold,
+        cfg.success.window,
+        rcfg.dpi,
+    )
+    parts = [
+        f"<section class='episode' id='episode-{index}'><h3>{head}</h3><p class='meta'>{meta}</p>",
+        f"<img class='episode-plot' data-episode='{index}' alt='episode {index}: frames, progress and "
+        f"log P per prefix' src='{plot}'>",
+    ]
+    if note:
+        parts.append(f"<p class='note'>frames not shown: {html.escape(note)}</p>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def dataset_page(
+    dataset_id: str,
+    rows: list[dict[str, Any]],
+    curated: int | None,
+    cfg: RelabelConfig,
+    rcfg: ReportConfig,
+    threshold_origin: str,
+) -> tuple[str, DatasetSummary]:
+    """The HTML page of one dataset and its line for the index.
+
+    Args:
+        dataset_id: e.g. ``so100/pick_cube``.
+        rows: its ``episodes.parquet`` rows.
+        curated: episodes in its published curated dataset, None when there is none.
+        cfg: relabel settings in effect (threshold, success window, source storage options).
+        rcfg: report settings.
+        threshold_origin: where the threshold came from, in words.
+    """
+    threshold = cfg.success.threshold
+    ok = [row for row in rows if row["status"] == "ok"]
+    failed = [row for row in rows if row["status"] != "ok"]
+    scores = [row["success_score"] for row in ok if _finite(row.get("success_score"))]
+    vocs = [row["voc"] for row in ok if _finite(row.get("voc"))]
+    successes = sum(score > threshold for score in scores)
+    changed = sum(
+        bool(row.get("success")) != (_finite(row.get("success_score")) and row["success_score"] > threshold)
+        for row in ok
+    )
+    models = sorted({str(row.get("model")) for row in ok if row.get("model")})
+    summary = DatasetSummary(
+        dataset_id, f"{dataset_id}.html", len(rows), len(ok), len(failed), successes, curated
+    )
+    body = [
+        "<p><a href='../index.html'>← all datasets</a></p>",
+        f"<h1>{html.escape(dataset_id)}</h1>",
+        f"<p class='meta'>model: {html.escape(', '.join(models) or 'n/a')} · "
+        f"report written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC</p>",
+        "<table><tr><th>episodes</th><th>scored</th><th>failed</th><th>success at threshold</th>"
+        "<th>curated</th></tr>"
+        f"<tr><td>{len(rows)}</td><td>{len(ok)}</td><td>{len(failed)}</td><td>{successes}</td>"
+        f"<td>{'none published' if curated is None else curated}</td></tr></table>",
+        f"<p id='threshold'>Success threshold <b>{threshold:g}</b>: {html.escape(threshold_origin)}. "
+        f"An episode succeeds when its success score (mean raw log P(\"True\") over the last "
+        f"{cfg.success.window} prefixes) is above it.</p>",
+    ]
+    if changed:
+        body.append(
+            f"<p class='note'>{changed} stored success label(s) differ at this threshold; the next relabel "
+            "run with it re-decides them and the curated set.</p>"
+        )
+    body.append("<h2>Dataset</h2><div class='figures'>")
+    if scores:
+        body.append(
+            f"<img class='dataset-plot' data-plot='success-histogram' alt='success score histogram' "
+            f"src='{success_histogram(scores, threshold, rcfg.dpi)}'>"
+        )
+    if vocs or ok:
+        body.append(
+            f"<img class='dataset-plot' data-plot='voc-histogram' alt='VOC distribution' "
+            f"src='{voc_histogram(vocs, rcfg.dpi)}'>"
+        )
+    body.append("</div>")
+    if vocs:
+        body.append(
+            f"<p class='meta'>VOC mean {np.mean(vocs):.3f}, median {np.median(vocs):.3f}"
+            f"{f', {len(ok) - len(vocs)} undefined' if len(vocs) < len(ok) else ''}.</p>"
+        )
+    body.append(f"<h2>Failed episodes ({len(failed)})</h2>")
+    if failed:
+        body.append("<table id='failed'><tr><th>episode</th><th>reason</th></tr>")
+        body.extend(
+            f"<tr><td><a href='#episode-{row['episode_index']}'>{row['episode_index']}</a></td>"
+            f"<td class='error'>{html.escape(str(row.get('error') or ''))}</td></tr>"
+            for row in failed
+        )
+        body.append("</table>")
+    else:
+        body.append("<p>none</p>")
+    shown = rows[: rcfg.max_episodes]
+    body.append(f"<h2>Episodes ({len(shown)} of {len(rows)} shown)</h2>")
+    if len(shown) < len(rows):
+        body.append(f"<p class='note'>raise report.max_episodes (now {rcfg.max_episodes}) to see all.</p>")
+    source = list_source(shown, cfg.source.storage_options)
+    if shown and source.error:
+        body.append(f"<p class='note'>frames: {html.escape(source.error)}</p>")
+    body.extend(_episode_section(row, source, cfg, rcfg, threshold) for row in shown)
+    return _page(f"TOPReward report: {dataset_id}", body), summary
+
+
+def index_page(output_uri: str, summaries: list[DatasetSummary], threshold: float) -> str:
+    """The index: one line per dataset with its counts and a link to its page."""
+    body = [
+        "<h1>TOPReward labels</h1>",
+        f"<p class='meta'>outputs: {html.escape(output_uri)} · success threshold {threshold:g} · "
+        f"written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC</p>",
+        "<table id='datasets'><tr><th>dataset</th><th>episodes</th><th>scored</th><th>failed</th>"
+        "<th>success</th><th>curated</th></tr>",
+    ]
+    body.extend(
+        f"<tr><td><a href='{html.escape(s.page)}'>{html.escape(s.dataset_id)}</a></td><td>{s.episodes}</td>"
+        f"<td>{s.ok}</td><td>{s.failed}</td><td>{s.successes}</td>"
+        f"<td>{'none' if s.curated is None else s.curated}</td></tr>"
+        for s in summaries
+    )
+    body.append("</table>")
+    if not summaries:
+        body.append(f"<p>No dataset: no &lt;robot&gt;/&lt;task&gt;/{EPISODES_FILE} under the outputs.</p>")
+    return _page("TOPReward labels", body)
+
+
+def _check(rcfg: ReportConfig) -> None:
+    for ok, message in (
+        (rcfg.strip_frames >= 1, "report.strip_frames must be >= 1"),
+        (rcfg.thumb_height >= 8, "report.thumb_height must be >= 8"),
+        (rcfg.max_episodes >= 0, "report.max_episodes must be >= 0"),
+        (rcfg.dpi >= 10, "report.dpi must be >= 10"),
+    ):
+        if not ok:
+            raise ConfigError(message)
+
+
+def write_report(cfg: RelabelConfig, job: ReportJob, threshold_origin: str) -> str:
+    """Write the report of every dataset under ``cfg.output.uri`` (or only ``job.dataset``).
+
+    Pages go to ``job.report.out`` (default ``<output.uri>/_report``), through fsspec with
+    ``output.storage_options``; videos are read with ``source.storage_options``.
+
+    Returns:
+        The URI of the index page.
+
+    Raises:
+        ConfigError: a report setting is out of range, or ``job.dataset`` has no episodes table.
+    """
+    rcfg = job.report
+    _check(rcfg)
+    options = cfg.output.storage_options
+    datasets = find_datasets(cfg.output.uri, options)
+    if job.dataset is not None:
+        if job.dataset not in datasets:
+            found = ", ".join(datasets) or "none"
+            raise ConfigError(f"dataset={job.dataset}: no {EPISODES_FILE} there (found: {found})")
+        datasets = [job.dataset]
+    out = rcfg.out or join_uri(cfg.output.uri, REPORT_DIR)
+    summaries = []
+    for dataset_id in datasets:
+        base = join_uri(cfg.output.uri, dataset_id)
+        rows = read_episodes(join_uri(base, EPISODES_FILE), options)
+        page, summary = dataset_page(
+            dataset_id, rows, curated_count(base, options), cfg, rcfg, threshold_origin
+        )
+        _write_text(join_uri(out, summary.page), page, options)
+        summaries.append(summary)
+    index = index_page(cfg.output.uri, summaries, cfg.success.threshold)
+    return _write_text(join_uri(out, INDEX_FILE), index, options)
+
+
+def _write_text(uri: str, text: str, storage_options: dict[str, Any]) -> str:
+    fs, path = filesystem_for(uri, storage_options)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with fs.open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return uri

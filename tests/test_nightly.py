@@ -1,0 +1,182 @@
+"""Unattended nightly runs with real faults: bad datasets, rewritten data, a flaky or down bucket.
+
+Every fault is real: files are broken on disk, datasets are rewritten in place, and S3 traffic goes
+through a fault-injecting proxy on 127.0.0.1 (devkit.faulty_proxy) in front of moto.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from devkit.faulty_proxy import faulty_proxy
+from devkit.synth import write_v21_dataset, write_v30_dataset
+from pipeline.publish import EPISODES_FILE, PROGRESS_FILE
+from pipeline.relabel import format_summary, run
+from pipeline.runrecord import read_run_records
+from pipeline.storage import upload_dataset
+from tests.conftest import BUCKET, relabel_config
+
+pytestmark = pytest.mark.slow
+
+GOOD = (12, 14)
+
+
+def _progress_matches_frames(progress: pq.ParquetFile | Path, dataset_root: Path) -> None:
+    """The published progress rows line up with the dataset's own frames, row for row."""
+    frames = pq.read_table(dataset_root / "data", columns=["index", "episode_index", "frame_index"])
+    frames = frames.sort_by("index")
+    rows = pq.read_table(progress).select(["index", "episode_index", "frame_index"])
+    assert rows.to_pydict() == frames.to_pydict()
+
+
+def _bad_fleet(root: Path) -> dict[str, str]:
+    """A prefix holding one good dataset and one of each bad kind; values: what the record must say."""
+    write_v30_dataset(root / "good" / "v30", lengths=GOOD)
+    fps0 = write_v21_dataset(root / "bad" / "fps0", lengths=(12,))
+    info = json.loads((fps0 / "meta/info.json").read_text())
+    (fps0 / "meta/info.json").write_text(json.dumps({**info, "fps": 0}))
+    no_info = write_v30_dataset(root / "bad" / "no_info", lengths=(12,))
+    (no_info / "meta/info.json").unlink()
+    texts = write_v21_dataset(root / "bad" / "texts", lengths=(12, 12, 12))
+    lines = (texts / "meta/episodes.jsonl").read_bytes().splitlines()
+    first = json.loads(lines[0])
+    lines[0] = json.dumps({**first, "tasks": ["   "]}).encode()
+    # A Latin-1 byte where UTF-8 was expected, inside episode 1's task text.
+    lines[1] = lines[1].replace(b'"tasks": ["', b'"tasks": ["caf\xe9 ')
+    (texts / "meta/episodes.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    no_video = write_v30_dataset(root / "bad" / "no_video", lengths=(12, 12))
+    shutil.rmtree(no_video / "videos")
+    truncated = write_v30_dataset(root / "bad" / "truncated", lengths=(12, 12))
+    data = next((truncated / "data").rglob("*.parquet"))
+    data.write_bytes(data.read_bytes()[:200])
+    return {
+        "bad/fps0": "meta/info.json: fps 0 is out of range",
+        "bad/no_info": "meta/info.json: not found",
+        "bad/texts": "episode 0: ",
+        "bad/no_video": "videos/",
+        "bad/truncated": "data/chunk-000/file-000.parquet",
+    }
+
+
+def test_bad_datasets_never_stop_the_fleet(ray_session, tmp_path, tiny_model_dir):
+    fleet = tmp_path / "fleet"
+    expected = _bad_fleet(fleet)
+    output = tmp_path / "labels"
+    cfg = relabel_config(str(fleet), str(output), tiny_model_dir, {}, "retry.max_attempts=2")
+
+    first = run(cfg)
+    good = first.datasets["good/v30"]
+    assert (good.scored, good.failed) == (len(GOOD), 0) and good.published is not None
+    _progress_matches_frames(output / "good/v30" / PROGRESS_FILE, fleet / "good/v30")
+    text = format_summary(first)
+    for dataset_id, fragment in expected.items():
+        summary = first.datasets[dataset_id]
+        errors = " | ".join([summary.catalog_error, *summary.errors, summary.publish_error])
+        assert dataset_id in errors and fragment in errors, (dataset_id, errors)
+        assert fragment in text
+
+    texts = first.datasets["bad/texts"]
+    assert (texts.scored, texts.failed) == (2, 1) and "no task text" in texts.errors[0]
+    published = pq.read_table(output / "bad/texts" / EPISODES_FILE).to_pylist()
+    assert "\ufffd" in published[1]["task"]  # the bad byte is replaced, the episode still scored
+    assert first.datasets["bad/no_video"].failed == 2
+    assert first.datasets["bad/truncated"].published is None
+    assert not (output / "bad/truncated").exists() or not (output / "bad/truncated/curated").exists()
+    good_bytes = {p: p.read_bytes() for p in (output / "good/v30").rglob("*") if p.is_file()}
+
+    # Second night: only failed episodes are pending (every row of their batches fails); it completes.
+    second = run(cfg)
+    assert second.datasets["good/v30"].skipped == len(GOOD)
+    assert second.datasets["bad/no_video"].failed == 2
+    assert {p: p.read_bytes() for p in (output / "good/v30").rglob("*") if p.is_file()} == good_bytes
+    rows = pq.read_table(output / "bad/no_video" / EPISODES_FILE).to_pylist()
+    assert [(r["status"], r["attempt"]) for r in rows] == [("failed", 2), ("failed", 2)]
+    assert all("videos/" in r["error"] for r in rows)
+
+    # Third night: retry.max_attempts=2 is reached; the episodes stay failed and are not scored again.
+    third = run(cfg)
+    assert (third.datasets["bad/no_video"].failed, third.datasets["bad/no_video"].gave_up) == (0, 2)
+    assert "gave up after 2 attempts" in format_summary(third)
+
+    records = read_run_records(str(output), {})
+    assert [r["status"] for r in records] == ["completed"] * 3
+    last = records[-1]
+    assert last["config_hash"] == third.config_hash and last["versions"]["ray"]
+    assert last["datasets"]["good/v30"]["skipped"] == len(GOOD)
+    assert any("bad/fps0" in f["error"] for f in last["failures"])
+
+
+def test_rewritten_datasets_publish_no_stale_rows(ray_session, tmp_path, tiny_model_dir):
+    fleet, output = tmp_path / "fleet", tmp_path / "labels"
+    write_v30_dataset(fleet / "lab" / "v30", lengths=(20, 24, 16, 24))
+    v21 = write_v21_dataset(fleet / "lab" / "v21", lengths=(14, 16, 12))
+    # One wrong length in episodes.jsonl: the data parquet is the truth the progress rows must follow.
+    lines = (v21 / "meta/episodes.jsonl").read_text().splitlines()
+    lines[1] = json.dumps({**json.loads(lines[1]), "length": 30})
+    (v21 / "meta/episodes.jsonl").write_text("\n".join(lines) + "\n")
+    cfg = relabel_config(str(fleet), str(output), tiny_model_dir, {})
+
+    first = run(cfg)
+    assert first.datasets["lab/v30"].scored == 4 and first.datasets["lab/v21"].scored == 3
+    _progress_matches_frames(output / "lab/v21" / PROGRESS_FILE, v21)
+
+    # The v3.0 dataset is rewritten in place: an episode removed, the rest re-indexed, lengths changed.
+    shutil.rmtree(fleet / "lab" / "v30")
+    write_v30_dataset(fleet / "lab" / "v30", lengths=(20, 18, 24))
+    second = run(cfg)
+    assert second.datasets["lab/v21"].skipped == 3
+    assert second.datasets["lab/v30"].scored >= 1  # re-indexed episodes have new fingerprints
+    _progress_matches_frames(output / "lab/v30" / PROGRESS_FILE, fleet / "lab/v30")
+    episodes = pq.read_table(output / "lab/v30" / EPISODES_FILE)
+    assert episodes.column("episode_index").to_pylist() == [0, 1, 2]
+    assert episodes.column("length").to_pylist() == [20, 18, 24]
+
+
+def test_flaky_and_down_bucket(ray_session, s3, s3_endpoint, s3_options, tmp_path, tiny_model_dir):
+    local = write_v30_dataset(tmp_path / "flaky" / "v30", lengths=(12, 14, 12))
+    source = upload_dataset(local, s3, f"s3://{BUCKET}/flaky-src/lab/v30")
+
+    def config(output: str, source_endpoint: str, *extra: str):
+        options = {**s3_options, "endpoint_url": source_endpoint}
+        storage = "{" + ", ".join(f"{k}: '{v}'" for k, v in options.items()) + "}"
+        return relabel_config(
+            source, output, tiny_model_dir, s3_options, f"source.storage_options={storage}", *extra
+        )
+
+    def published(output: str) -> dict:
+        base = f"{output}/lab/v30"
+        with s3.open(f"{base}/{EPISODES_FILE}", "rb") as f:
+            episodes = pq.read_table(f).drop_columns(["scored_at", "attempt"])
+        with s3.open(f"{base}/{PROGRESS_FILE}", "rb") as f:
+            progress = pq.read_table(f)
+        return {"episodes": episodes.to_pylist(), "progress": progress.to_pylist()}
+
+    clean = f"s3://{BUCKET}/flaky-out/clean"
+    run(config(clean, s3_endpoint))
+    with faulty_proxy(s3_endpoint) as proxy:
+        # Transient: every 3rd source request fails (503 or a reset connection), 12 times in all.
+        flaky = f"s3://{BUCKET}/flaky-out/flaky"
+        proxy.transient(every=3, limit=12)
+        summary = run(config(flaky, proxy.endpoint))
+        assert proxy.plan.failed > 0, "no fault was injected"
+        assert summary.datasets["lab/v30"].failed == 0
+        assert published(flaky) == published(clean)
+
+        # Outage: the video object stays unreachable. Episodes fail naming it; the run completes.
+        down = f"s3://{BUCKET}/flaky-out/down"
+        proxy.outage("/videos/")
+        summary = run(config(down, proxy.endpoint, "retry.storage_attempts=2"))
+        dataset = summary.datasets["lab/v30"]
+        assert dataset.failed == 3 and proxy.plan.failed > 0
+        assert all("s3://" in error and "/videos/" in error for error in dataset.errors)
+
+        # The bucket is back: the next run fills the failed episodes in; outputs equal the clean run.
+        proxy.healthy()
+        summary = run(config(down, proxy.endpoint))
+        assert summary.datasets["lab/v30"].scored == 3
+        assert published(down) == published(clean)

@@ -1,0 +1,125 @@
+"""Refused before Ray starts, naming the key: bad paths, models that cannot load, numbers out of range."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.catalog import dataset_id_for
+from pipeline.config import ConfigError, load_config
+from pipeline.preflight import check_run
+from pipeline.relabel import run
+from pipeline.storage import ensure_under, is_under, normalize_uri
+from tests.conftest import PROJECT_ROOT, relabel_config
+
+
+def _refused(cfg_or_overrides, key: str) -> str:
+    with pytest.raises(ConfigError) as err:
+        cfg = load_config(cfg_or_overrides) if isinstance(cfg_or_overrides, list) else cfg_or_overrides
+        check_run(cfg)
+    assert f"'{key}'" in str(err.value), str(err.value)
+    return str(err.value)
+
+
+def test_ids_and_written_paths_never_escape():
+    assert normalize_uri("s3://fleet/x/y/../..") == "s3://fleet"
+    assert dataset_id_for("s3://fleet/so100/pick/x/y/../..") == "so100/pick"
+    with pytest.raises(ValueError):
+        dataset_id_for("s3://fleet/x/../..")
+    with pytest.raises(ValueError):
+        normalize_uri("gs://bucket/../other")
+    assert is_under("s3://out/a/b", "s3://out") and not is_under("s3://outside/a", "s3://out")
+    assert not is_under("s3://out/../x", "s3://out")
+    with pytest.raises(ValueError, match="not under the output"):
+        ensure_under("s3://out/so100/../../etc", "s3://out")
+
+
+@pytest.mark.parametrize(
+    ("source", "output", "key"),
+    [
+        ("s3://fleet/robots", "s3://fleet/robots", "output.uri"),
+        ("s3://fleet/robots", "s3://fleet/robots/labels", "output.uri"),
+        ("s3://fleet/robots/x/..", "s3://fleet/robots/labels", "output.uri"),
+        ("s3://labels/topreward/so100", "s3://labels/topreward", "source.uris[0]"),
+        ("s3://fleet/../..", "s3://labels/x", "source.uris[0]"),
+    ],
+)
+def test_output_inside_a_source_is_refused(source, output, key, tiny_model_dir):
+    _refused(relabel_config(source, output, tiny_model_dir, {}), key)
+
+
+def test_models_that_cannot_load_are_refused(tmp_path, tiny_model_dir, monkeypatch):
+    def model(path) -> str:
+        return _refused(relabel_config("s3://fleet/a", "s3://labels/x", path, {}), "model.path")
+
+    assert "neither an existing folder nor a hub id" in model(tmp_path / "no" / "such" / "model")
+    text_only = tmp_path / "llama"
+    text_only.mkdir()
+    (text_only / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (text_only / "model.safetensors").write_bytes(b"")
+    assert "model_type 'llama'" in model(text_only)
+    no_weights = tmp_path / "bin-only"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text((Path(tiny_model_dir) / "config.json").read_text())
+    (no_weights / "pytorch_model.bin").write_bytes(b"")
+    assert "no .safetensors" in model(no_weights)
+    assert "without config.json" in model(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "HF_HUB_OFFLINE=1" in model("Qwen/Not-A-Cached-Model")
+
+
+def test_numbers_and_frame_sizes_are_refused_with_their_key(tiny_model_dir):
+    def config(*extra: str):
+        return relabel_config("s3://fleet/a", "s3://labels/x", tiny_model_dir, {}, *extra)
+
+    assert "multiple of 32" in _refused(config("frames.height=30"), "frames.height")
+    for override, key in [
+        ("success.threshold=nan", "success.threshold"),
+        ("frames.fps=1e6", "frames.fps"),
+        ("frames.fps=inf", "frames.fps"),
+        ("retry.max_attempts=0", "retry.max_attempts"),
+        ("job.log_level=LOUD", "job.log_level"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(f"'{key}'")):
+            config(override)
+
+
+def test_refused_runs_never_start_ray_or_write(tmp_path, tiny_model_dir):
+    output = tmp_path / "fleet" / "labels"
+    cfg = relabel_config(str(tmp_path / "fleet"), str(output), tiny_model_dir, {})
+    with pytest.raises(ConfigError, match=r"'output\.uri'"):
+        run(cfg)
+    assert not output.exists()
+
+
+def test_exit_codes_and_log_lines_of_the_job(tmp_path, tiny_model_dir):
+    """jobs.relabel as a scheduler runs it: 2 when refused; INFO lines and exit 3 with fail_on_errors."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "jobs.relabel", "source.uris=[s3://a/b]", "output.uri=s3://a/b/c"],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "'output.uri'" in refused.stderr
+    assert "Started a local Ray instance" not in refused.stderr
+
+    missing = tmp_path / "fleet" / "lab" / "gone"
+    job = subprocess.run(
+        [
+            sys.executable, "-m", "jobs.relabel", f"source.uris=[{missing}]",
+            f"output.uri={tmp_path / 'out'}", f"model.path={tiny_model_dir}", "frames.height=64",
+            "frames.width=64", "job.fail_on_errors=true", "ray.num_cpus=1",
+        ],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert job.returncode == 3, job.stderr[-2000:]
+    assert "INFO pipeline.catalog: catalog: 1 episode rows" in job.stderr
+    assert "lab/gone: FAILED" in job.stdout and "meta/info.json: not found" in job.stdout
+    (record,) = (tmp_path / "out" / "_runs").glob("*.json")
+    content = json.loads(record.read_text())
+    assert content["status"] == "completed" and "meta/info.json" in content["failures"][0]["error"]
