@@ -4,7 +4,13 @@ Prints, from one run on the same frames: the floor (one forward of the full prom
 (one context forward + batched suffix passes), the naive scorer (one forward per prefix), the ratios
 naive/cached and cached/floor, the largest |difference| between cached and naive, and peak RSS.
 
-    python -m bench.prefix_scoring [--frames 64] [--prefixes 15] [--size 224] [--repeats 3]
+Then the cached scorer's time per stage (tokens, plan, host-to-device copy, pixel patchify/normalise,
+vision forward, language-model context forward, suffix forward, log-softmax readout), its non-forward
+share, and, measured in the same run, the host work the scorer did per episode before (the processor
+call on the frames, and positions and masks rebuilt for every episode), plus the bytes one episode
+puts in the object store as uint8 frames vs float32 pixels.
+
+    python -m bench.prefix_scoring [--frames 64] [--prefixes 15] [--size 256] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from devkit.tiny_model import ensure_tiny_model
 from pipeline.config import ModelConfig, ScoringConfig
 from pipeline.frames.schedule import episode_schedule
-from devkit.tiny_model import ensure_tiny_model
+from pipeline.scoring.cached import StageClock
 from pipeline.scoring.inputs import EpisodeClip, encode_video_prompt
 from pipeline.scoring.scorer import PrefixScorer
 
@@ -51,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", help="model folder or hub id (default: the bench-size tiny Qwen3-VL)")
     parser.add_argument("--frames", type=int, default=64)
     parser.add_argument("--prefixes", type=int, default=15)
-    parser.add_argument("--size", type=int, default=224, help="frame height and width (multiple of 32)")
+    parser.add_argument("--size", type=int, default=256, help="frame height and width (multiple of 32)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="auto")
@@ -103,6 +110,72 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"peak RSS MiB: start {rss_start:.0f}, after floor {rss_floor:.0f}, after cached {rss_cached:.0f}, "
         f"after naive {rss_naive:.0f}"
+    )
+    print()
+    stage_breakdown(scorer, clip, task, args.repeats)
+
+
+FORWARD_STAGES = ("vision forward", "context forward (language model)", "suffix forward")
+
+
+def _time_vision(model: torch.nn.Module, clock: StageClock) -> list[torch.utils.hooks.RemovableHandle]:
+    """Hooks that time the vision tower inside the context forward as its own stage."""
+    started: list[float] = []
+
+    def before(*_: object) -> None:
+        clock.sync()
+        started.append(time.perf_counter())
+
+    def after(*_: object) -> None:
+        clock.sync()
+        clock.seconds["vision forward"] += time.perf_counter() - started.pop()
+
+    visual = model.model.visual
+    return [visual.register_forward_pre_hook(before), visual.register_forward_hook(after)]
+
+
+def stage_breakdown(scorer: PrefixScorer, clip: EpisodeClip, task: str, repeats: int) -> None:
+    """Print the cached scorer's per-stage times (plans cached, as in steady state) and the old host work."""
+    loaded = scorer.loaded
+    scorer.score(clip, task)  # warm-up; leaves this layout's plan cached, as after a dataset's first episode
+    clock = StageClock(loaded.device)
+    hooks = _time_vision(loaded.model, clock)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        scorer.score(clip, task, clock)
+    wall = (time.perf_counter() - start) / repeats
+    for hook in hooks:
+        hook.remove()
+    stages = {name: seconds / repeats for name, seconds in clock.seconds.items()}
+    stages["context forward (language model)"] = stages.pop("context forward") - stages["vision forward"]
+    print(f"cached scorer per episode, by stage (mean of {repeats}, plan cached):")
+    print(f"{'stage':<40}{'seconds':>10}{'share':>8}")
+    for name, seconds in sorted(stages.items(), key=lambda item: -item[1]):
+        print(f"{name:<40}{seconds:>10.4f}{seconds / wall:>8.1%}")
+    forward = sum(stages[name] for name in FORWARD_STAGES)
+    print(f"{'wall (with clock synchronisation)':<40}{wall:>10.4f}")
+    print(f"non-forward share: {(wall - forward) / wall:.1%} (target <= 10%)")
+
+    cold = StageClock(loaded.device)
+    scorer.cached.plans.clear()
+    scorer.score(clip, task, cold)
+    previous = _median_seconds(
+        lambda: encode_video_prompt(
+            loaded.processor, scorer._prompt(task), clip.frames, clip.raw_indices, clip.raw_fps,
+            clip.sampled_fps,
+        ),
+        repeats,
+    )  # fmt: skip
+    print(
+        f"before, per episode on the scorer: processor call {previous:.4f} s + positions and masks "
+        f"{cold.seconds['plan (positions, masks)']:.4f} s; now {stages['tokens and layout']:.4f} s tokens, "
+        f"plan built once per layout ({cold.seconds['plan (positions, masks)']:.4f} s on a miss), "
+        f"{stages['pixels (patchify, normalise)']:.4f} s pixels on {loaded.device}"
+    )
+    pixels = clip.frames.size * np.dtype(np.float32).itemsize
+    print(
+        f"object store per episode: uint8 frames {clip.frames.nbytes / 2**20:.1f} MiB "
+        f"vs float32 pixels {pixels / 2**20:.1f} MiB"
     )
 
 

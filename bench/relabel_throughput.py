@@ -10,7 +10,11 @@ load, actor start) and in steady state (between the first and the last finished 
 what matters for a nightly run over thousands of episodes. Peak RSS of the driver and of the Ray worker
 processes is sampled during each Ray run: it should stay flat when the data doubles.
 
+With ``--batch-sizes 1,4`` it instead runs only the Ray graph on N episodes once per
+``ray.scorer_batch_size`` and prints their steady-state rates side by side (episodes per scorer call).
+
     python -m bench.relabel_throughput [--episodes 24] [--length 300] [--model-size bench] [key=value ...]
+    python -m bench.relabel_throughput --batch-sizes 1,4 [--episodes 12]
 """
 
 from __future__ import annotations
@@ -21,23 +25,25 @@ import resource
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
 import ray
 
+from devkit.local_s3 import local_s3
+from devkit.synth import write_v30_dataset
+from devkit.tiny_model import ensure_tiny_model
 from pipeline.catalog import list_episodes
 from pipeline.config import RelabelConfig, config_hash, load_config
 from pipeline.frames.decode import decode_episode
-from devkit.local_s3 import local_s3
-from devkit.tiny_model import ensure_tiny_model
 from pipeline.relabel import build_dataset
 from pipeline.scoring.inputs import EpisodeClip
 from pipeline.scoring.scorer import PrefixScorer
-from pipeline.sinks import read_committed, state_uri
+from pipeline.sinks import committed_state, read_rows, state_uri
 from pipeline.stages.label import label_episode
 from pipeline.storage import upload_dataset
-from devkit.synth import write_v30_dataset
 
 CACHE = Path(__file__).resolve().parent.parent / ".cache"
 
@@ -104,9 +110,9 @@ def ray_run(cfg: RelabelConfig) -> tuple[float, float, float]:
         for _ in build_dataset(rows, cfg, chash).iter_rows():
             pass
         elapsed = time.perf_counter() - start
-    shards = read_committed(
-        state_uri(cfg.output.uri, chash, rows[0]["dataset_id"]), cfg.output.storage_options
-    )
+    folder = state_uri(cfg.output.uri, chash, rows[0]["dataset_id"])
+    options = cfg.output.storage_options
+    shards = read_rows(folder, committed_state(folder, options).values(), options)
     stamps = sorted(t.timestamp() for t in shards.column("scored_at").to_pylist())
     return elapsed, _steady_rate(stamps), sampler.peak_worker_mib
 
@@ -120,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--length", type=int, default=300, help="frames per episode (30 fps)")
     parser.add_argument("--model-size", choices=("tiny", "bench"), default="bench")
     parser.add_argument("--frame-size", type=int, default=224, help="pinned frame size (multiple of 32)")
+    parser.add_argument("--batch-sizes", help="compare ray.scorer_batch_size values, e.g. 1,4")
     args, overrides = parser.parse_known_args(argv)
     args.overrides = overrides
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -155,6 +162,9 @@ def _compare(args: argparse.Namespace, model: Path, endpoint: str, fs: object) -
              "curation.enabled=false", *args.overrides]
         )  # fmt: skip
 
+    if args.batch_sizes:
+        _compare_batch_sizes([int(b) for b in args.batch_sizes.split(",")], config, n1)
+        return
     # Warm-ups: first calls pay for imports, kernel selection and Ray's worker processes starting.
     bare_loop(config(n1, "warm-bare"))
     bare = {n: bare_loop(config(n, f"bare{n}")) for n in sizes}
@@ -178,6 +188,23 @@ def _compare(args: argparse.Namespace, model: Path, endpoint: str, fs: object) -
         f"after N {drivers[n1]:.0f}, after 2N {drivers[n2]:.0f}"
     )
     print(f"Ray worker peak RSS MiB: N {rays[n1][2]:.0f}, 2N {rays[n2][2]:.0f} (target: flat)")
+
+
+def _compare_batch_sizes(
+    batch_sizes: list[int], config: Callable[[int, str], RelabelConfig], n: int
+) -> None:
+    """Steady-state episodes/s of the Ray graph for each scorer batch size, on the same N episodes."""
+    ray_run(config(n, "warm-batch"))
+    rates = {}
+    for size in batch_sizes:
+        cfg = config(n, f"batch{size}")
+        rates[size] = ray_run(replace(cfg, ray=replace(cfg.ray, scorer_batch_size=size)))[1]
+    ray.shutdown()
+    print(f"{'episodes per scorer call':<28}" + "".join(f"{size:>10}" for size in batch_sizes))
+    print(f"{'steady episodes/s':<28}" + "".join(f"{rates[size]:>10.2f}" for size in batch_sizes))
+    base = rates[batch_sizes[0]]
+    ratios = "".join(f"{rates[size] / base:>10.2f}" for size in batch_sizes)
+    print(f"{'vs ' + str(batch_sizes[0]):<28}{ratios}")
 
 
 if __name__ == "__main__":

@@ -116,7 +116,9 @@ def _handler(upstream: str, proxy: list[FaultyProxy]) -> type[BaseHTTPRequestHan
             for key, value in response.getheaders():
                 if key.lower() not in _HOP_HEADERS and key.lower() != "content-length":
                     self.send_header(key, value)
-            self.send_header("Content-Length", str(len(payload)))
+            # A HEAD answer has no body but must state the object's size, which clients read as its length.
+            length = response.getheader("Content-Length") if self.command == "HEAD" else None
+            self.send_header("Content-Length", length or str(len(payload)))
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(payload)

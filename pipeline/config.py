@@ -116,10 +116,16 @@ class RayConfig:
     num_cpus: int | None = None
     object_store_memory: int | None = None
     temp_dir: str | None = None
-    scorer_actors: int = 1
-    scorer_num_gpus: float = 0.0
+    # "auto" or a number; see pipeline/placement.py. int | float | str so that `=1` and `=0.5` both parse.
+    scorer_actors: int | str = "auto"
+    scorer_actors_min: int = 1
+    scorer_actors_max: int | None = None
+    scorer_num_gpus: int | float | str = "auto"
     scorer_num_cpus: float = 0.5
-    scorer_batch_size: int = 1
+    scorer_resources: dict[str, float] = field(default_factory=dict)
+    scorer_max_tasks_in_flight: int = 2
+    # Episodes per scorer call; 4 measured faster than 1 (README, Running on GPUs).
+    scorer_batch_size: int = 4
     scorer_threads: int | None = None
     decode_num_cpus: float = 0.5
     decode_concurrency: int | None = None
@@ -142,6 +148,15 @@ class JobConfig:
 
 
 @dataclass(frozen=True)
+class PublishConfig:
+    """How the per-dataset publish tasks run on the cluster (one Ray task per changed dataset)."""
+
+    num_cpus: float = 1.0
+    max_parallel: int = 0
+    temp_dir: str | None = None
+
+
+@dataclass(frozen=True)
 class RelabelConfig:
     """The whole run."""
 
@@ -156,6 +171,7 @@ class RelabelConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     retry: RetryConfig = field(default_factory=RetryConfig)
     job: JobConfig = field(default_factory=JobConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
 
 
 # Sections whose values change the numbers a run produces; paths and placement do not.
@@ -194,7 +210,26 @@ def _validate(cfg: RelabelConfig) -> None:
         ("prefixes.num", cfg.prefixes.num >= 1, "must be >= 1"),
         ("scoring.suffix_chunk", cfg.scoring.suffix_chunk >= 1, "must be >= 1"),
         ("success.window", cfg.success.window >= 1, "must be >= 1"),
-        ("ray.scorer_actors", cfg.ray.scorer_actors >= 1, "must be >= 1"),
+        (
+            "ray.scorer_actors",
+            cfg.ray.scorer_actors == "auto"
+            or (isinstance(cfg.ray.scorer_actors, int) and cfg.ray.scorer_actors >= 1),
+            "must be auto or an integer >= 1",
+        ),
+        (
+            "ray.scorer_num_gpus",
+            cfg.ray.scorer_num_gpus == "auto"
+            or (not isinstance(cfg.ray.scorer_num_gpus, str) and cfg.ray.scorer_num_gpus >= 0),
+            "must be auto or a number >= 0 (0.5: two actors per GPU)",
+        ),
+        ("ray.scorer_actors_min", cfg.ray.scorer_actors_min >= 1, "must be >= 1"),
+        (
+            "ray.scorer_actors_max",
+            cfg.ray.scorer_actors_max is None or cfg.ray.scorer_actors_max >= cfg.ray.scorer_actors_min,
+            "must be null or >= ray.scorer_actors_min",
+        ),
+        ("ray.scorer_resources", all(v > 0 for v in cfg.ray.scorer_resources.values()), "must be > 0 each"),
+        ("ray.scorer_max_tasks_in_flight", cfg.ray.scorer_max_tasks_in_flight >= 1, "must be >= 1"),
         ("ray.scorer_batch_size", cfg.ray.scorer_batch_size >= 1, "must be >= 1"),
         (
             "model.dtype",
@@ -209,6 +244,8 @@ def _validate(cfg: RelabelConfig) -> None:
             "must be DEBUG|INFO|WARNING|ERROR",
         ),
         ("source.block_size", cfg.source.block_size >= 4096, "must be >= 4096 bytes"),
+        ("publish.num_cpus", cfg.publish.num_cpus > 0, "must be > 0"),
+        ("publish.max_parallel", cfg.publish.max_parallel >= 0, "must be >= 0 (0 = as many as fit)"),
     ]
     for key, ok, requirement in checks:
         if not ok:

@@ -1,20 +1,28 @@
 """Curated behaviour-cloning subset: chosen episodes of a LeRobot dataset, re-indexed, videos remuxed.
 
-:func:`write_curated_dataset` reads a LeRobot dataset (codebase v3.0, or the legacy v2.1 layout) from a
-local folder or any fsspec URI and writes the chosen episodes as a new LeRobot **v3.0** dataset that
-``LeRobotDataset(repo_id, root=...)`` opens as is:
+:func:`write_curated_dataset` keeps a LeRobot **v3.0** dataset at a destination (local folder or any
+fsspec URI) equal to a chosen selection of a source dataset (codebase v3.0, or the legacy v2.1 layout),
+and ``LeRobotDataset(repo_id, root=...)`` opens it as is at every moment:
 
-* data rows are copied unchanged except ``episode_index`` (0..n-1 in source order), ``index`` (contiguous
-  from 0) and ``task_index`` (re-mapped to a new ``meta/tasks.parquet``);
-* videos are **remuxed, not re-encoded**: each episode's packets are stream-copied into one packed mp4 per
-  camera with shifted timestamps, so the pixels are bit-identical and copying costs no decode. LeRobot's own
-  ``delete_episodes`` re-encodes mixed files, which is slow and adds a second lossy generation;
+* data rows are copied unchanged except ``episode_index`` (0..n-1), ``index`` (contiguous from 0) and
+  ``task_index`` (re-mapped to the dataset's own ``meta/tasks.parquet``);
+* videos are **remuxed, not re-encoded**: each episode's packets are stream-copied into packed mp4 files
+  per camera with shifted timestamps, so the pixels are bit-identical and copying costs no decode;
 * metadata is written through lerobot's own ``LeRobotDatasetMetadata`` (episodes index, ``info.json``
-  totals, tasks, per-episode and aggregated stats), so the layout is the one lerobot itself records;
-* the dataset carries its own ``topreward_progress.parquet``, re-indexed to the new global indices.
+  totals, tasks, per-episode stats); ``stats.json`` is lerobot's ``aggregate_stats`` over every episode,
+  written with sorted keys so equal inputs give equal bytes;
+* the dataset carries its own ``topreward_progress.parquet``, re-indexed to the new global indices;
+* each episode row records its source episode and fingerprint (``topreward/*`` columns), which is how a
+  later run knows what the published dataset holds.
 
-The dataset is built in a local temporary folder and then uploaded, so a half-written dataset never
-appears at the destination.
+Publishing protocol (``docs/publishing.md``): newly selected episodes are **appended** as new data, video
+and episodes files with fresh file indices, then ``tasks.parquet``, ``stats.json``, the progress file,
+and ``info.json`` last. Published files are never modified, so a reader that read the previous
+``info.json`` sees exactly the previous dataset (lerobot takes its length from ``info.json`` and new
+files sort after the old ones). A selection that drops or changes an episode **rebuilds** under fresh
+file indices and swaps the globbed files in a short journaled step. Files no longer referenced are
+removed at the start of the next publish, once no reader opened before the swap can still need them.
+Temporary space is one open file per camera plus one data file: each file is uploaded when it closes.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import logging
 import math
 import posixpath
 import tempfile
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,26 +40,31 @@ from typing import Any
 
 import av
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from lerobot.datasets.compute_stats import compute_episode_stats
+from lerobot.datasets.compute_stats import aggregate_stats, compute_episode_stats
 from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
 from lerobot.datasets.io_utils import cast_stats_to_numpy, write_table_one_row_group_per_episode
 from lerobot.datasets.utils import (
+    DEFAULT_EPISODES_PATH,
     DEFAULT_TASKS_PATH,
     EPISODES_DIR,
     INFO_PATH,
     LEGACY_EPISODES_PATH,
     LEGACY_EPISODES_STATS_PATH,
     LEGACY_TASKS_PATH,
+    STATS_PATH,
     DatasetInfo,
+    serialize_dict,
     update_chunk_file_indices,
 )
 from lerobot.rewards.topreward.compute_rabc_weights import DEFAULT_OUTPUT_FILENAME as PROGRESS_FILENAME
 from lerobot.utils.utils import unflatten_dict
 
-from pipeline.storage import filesystem_for, upload_dataset
+from pipeline.atomic import parquet_bytes, put_file, remove, step, touching, write_bytes
+from pipeline.storage import ensure_under, filesystem_for, join_uri
 
 __all__ = ["PROGRESS_FILENAME", "CuratedSummary", "CurationError", "write_curated_dataset"]
 
@@ -61,6 +75,14 @@ _REPO_ID = "topreward/curated"
 # The columns whose values change when episodes are dropped; their per-episode stats are recomputed.
 _REINDEXED = ("episode_index", "index", "task_index")
 _MB = 1024**2
+# Extra columns of the curated episodes index (lerobot ignores them): where each episode came from.
+SOURCE_EPISODE = "topreward/source_episode_index"
+SOURCE_FINGERPRINT = "topreward/source_fingerprint"
+# Written before a rebuild touches a globbed file, removed after its info.json: its presence means a
+# rebuild was cut short and is redone, with the same file indices, by the next publish.
+REBUILD_JOURNAL = ".topreward-rebuild.json"
+# Files that are replaced in place (one atomic step each) rather than added under fresh names.
+_SINGLE_FILES = (INFO_PATH, STATS_PATH, DEFAULT_TASKS_PATH, PROGRESS_FILENAME)
 
 
 class CurationError(ValueError):
@@ -69,19 +91,27 @@ class CurationError(ValueError):
 
 @dataclass(frozen=True)
 class CuratedSummary:
-    """What :func:`write_curated_dataset` wrote.
+    """What :func:`write_curated_dataset` did.
 
     Attributes:
         uri: The curated dataset's root (the ``dest_uri`` given).
-        episodes: Number of episodes written (0 when the selection was empty and nothing was written).
-        frames: Number of frames written.
-        video_bytes: Bytes of video packets stream-copied, over all cameras.
+        episodes: Episodes the dataset holds now (0 when the selection is empty: nothing is there).
+        frames: Frames the dataset holds now.
+        mode: ``"unchanged"``, ``"appended"``, ``"rebuilt"`` (new or changed dataset) or ``"removed"``.
+        added: Episodes copied in this call.
+        video_bytes: Bytes of video packets stream-copied in this call, over all cameras.
+        bytes_written: Bytes of every file written in this call (videos, data, metadata).
+        video_bytes_written: Bytes of the mp4 files written in this call.
     """
 
     uri: str
     episodes: int
     frames: int
-    video_bytes: int
+    mode: str = "unchanged"
+    added: int = 0
+    video_bytes: int = 0
+    bytes_written: int = 0
+    video_bytes_written: int = 0
 
 
 @dataclass(frozen=True)
@@ -101,6 +131,12 @@ class _Episode:
     stats: dict[str, dict[str, np.ndarray]]
 
 
+def _row_stats(row: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+    """The per-episode stats of a v3.0 episodes-index row (its flattened ``stats/...`` columns)."""
+    stats = {key.removeprefix("stats/"): v for key, v in row.items() if key.startswith("stats/")}
+    return cast_stats_to_numpy(unflatten_dict(stats))
+
+
 class _Source:
     """Read side: metadata, data rows and video packets of the source dataset, through fsspec.
 
@@ -111,7 +147,8 @@ class _Source:
     def __init__(self, uri: str, storage_options: dict[str, Any] | None) -> None:
         self.uri = uri
         self.fs, self.root = filesystem_for(uri, storage_options)
-        self.info = DatasetInfo.from_dict(json.loads(self.fs.cat_file(self._path(INFO_PATH))))
+        with touching(self.file_uri(INFO_PATH)):
+            self.info = DatasetInfo.from_dict(json.loads(self.fs.cat_file(self._path(INFO_PATH))))
         self._version = self.info.codebase_version
         if not self._version.startswith(("v3.", "v2.1")):
             raise CurationError(f"{uri}: codebase {self._version} is not supported (v3.x or v2.1)")
@@ -129,13 +166,23 @@ class _Source:
     def _path(self, relative: str) -> str:
         return posixpath.join(self.root, relative)
 
+    def file_uri(self, relative: str) -> str:
+        """The URI of a file of the source, as error messages name it."""
+        return join_uri(self.uri, relative)
+
     def _parquet(self, relative: str) -> pa.Table:
-        with self.fs.open(self._path(relative), "rb") as f:
+        with touching(self.file_uri(relative)), self.fs.open(self._path(relative), "rb") as f:
             return pq.read_table(f)
 
+    def _row_count(self, relative: str) -> int:
+        with touching(self.file_uri(relative)), self.fs.open(self._path(relative), "rb") as f:
+            return pq.ParquetFile(f).metadata.num_rows
+
     def _jsonl(self, relative: str) -> list[dict[str, Any]]:
-        text = self.fs.cat_file(self._path(relative)).decode()
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        with touching(self.file_uri(relative)):
+            # As the catalog does: a stray non-UTF-8 byte costs its character, not the dataset.
+            text = self.fs.cat_file(self._path(relative)).decode("utf-8", errors="replace")
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
 
     def video_keys(self, wanted: list[str] | None) -> list[str]:
         """The source's video features, or the ``wanted`` subset of them (in the source's order)."""
@@ -179,7 +226,6 @@ class _Source:
                 )
                 for key in self.cameras
             }
-            stats = {key.removeprefix("stats/"): v for key, v in row.items() if key.startswith("stats/")}
             episodes[row["episode_index"]] = _Episode(
                 index=row["episode_index"],
                 length=row["length"],
@@ -188,7 +234,7 @@ class _Source:
                     chunk_index=row["data/chunk_index"], file_index=row["data/file_index"]
                 ),
                 videos=videos,
-                stats=cast_stats_to_numpy(unflatten_dict(stats)),
+                stats=_row_stats(row),
             )
         return episodes
 
@@ -202,16 +248,20 @@ class _Source:
             if index not in wanted:
                 continue
             chunk = index // self.info.chunks_size
+            data_path = self.info.data_path.format(episode_chunk=chunk, episode_index=index)
+            # One data file per episode: its row count is the length (episodes.jsonl may be wrong, and
+            # the catalog, hence the progress file, already follows the data).
+            length = self._row_count(data_path)
             episodes[index] = _Episode(
                 index=index,
-                length=row["length"],
+                length=length,
                 tasks=list(row["tasks"]),
-                data_path=self.info.data_path.format(episode_chunk=chunk, episode_index=index),
+                data_path=data_path,
                 videos={
                     key: _VideoSpan(
                         self.info.video_path.format(episode_chunk=chunk, video_key=key, episode_index=index),
                         0.0,
-                        row["length"] / self.info.fps,
+                        length / self.info.fps,
                     )
                     for key in self.cameras
                 },
@@ -238,7 +288,10 @@ class _Source:
             if cached is not None:
                 cached[1].close()
             opened = ExitStack()
-            container = opened.enter_context(av.open(opened.enter_context(self.fs.open(self._path(path)))))
+            with touching(self.file_uri(path)):
+                container = opened.enter_context(
+                    av.open(opened.enter_context(self.fs.open(self._path(path))))
+                )
             self._videos[key] = cached = (path, opened, container)
         return cached[2]
 
@@ -254,18 +307,19 @@ class _Source:
         stream = container.streams.video[0]
         # Packet times are compared with half a frame of slack: stored timestamps are float seconds.
         half_frame = 0.5 / self.info.fps
-        container.seek(math.floor(span.from_s / stream.time_base), stream=stream, backward=True)
         packets = []
-        for packet in container.demux(stream):
-            if packet.pts is None:  # the demuxer's end-of-stream flush packet
-                continue
-            time_s = float(packet.pts * stream.time_base)
-            # Each episode was encoded on its own and appended whole, so its packets are contiguous in
-            # decode order and the first one at or after the next episode's start ends it.
-            if time_s >= span.to_s - half_frame:
-                break
-            if time_s >= span.from_s - half_frame:
-                packets.append(packet)
+        with touching(self.file_uri(span.path)):
+            container.seek(math.floor(span.from_s / stream.time_base), stream=stream, backward=True)
+            for packet in container.demux(stream):
+                if packet.pts is None:  # the demuxer's end-of-stream flush packet
+                    continue
+                time_s = float(packet.pts * stream.time_base)
+                # Each episode was encoded on its own and appended whole, so its packets are contiguous
+                # in decode order and the first one at or after the next episode's start ends it.
+                if time_s >= span.to_s - half_frame:
+                    break
+                if time_s >= span.from_s - half_frame:
+                    packets.append(packet)
         where = f"{self.uri}/{span.path}: episode {episode.index}"
         if not packets:
             raise CurationError(f"{where} has no video packets between {span.from_s} s and {span.to_s} s")
@@ -277,11 +331,19 @@ class _Source:
         return stream, packets
 
 
+_FileIndex = tuple[int, int]  # (chunk_index, file_index)
+
+
+def _next_index(index: _FileIndex | None, chunks_size: int) -> _FileIndex:
+    """The file index after ``index`` (``(0, 0)`` for none): fresh files never reuse a published name."""
+    return (0, 0) if index is None else update_chunk_file_indices(index[0], index[1], chunks_size)
+
+
 class _RollingFiles:
     """Chunk/file indices of packed files that roll over at a size limit, like lerobot's recorder."""
 
-    def __init__(self, limit_mb: int, chunks_size: int) -> None:
-        self.chunk_index, self.file_index = 0, 0
+    def __init__(self, limit_mb: float, chunks_size: int, start: _FileIndex) -> None:
+        self.chunk_index, self.file_index = start
         self._limit = limit_mb * _MB
         self._chunks_size = chunks_size
         self._used: int | None = None  # None until the first file is opened
@@ -307,11 +369,13 @@ class _RollingFiles:
 
 
 class _DataPacker:
-    """Appends episodes' rows to the packed data parquet files of the new dataset."""
+    """Appends episodes' rows to new packed data parquet files; hands each finished file to ``on_close``."""
 
-    def __init__(self, root: Path, info: DatasetInfo) -> None:
-        self._root, self._info = root, info
-        self._files = _RollingFiles(info.data_files_size_in_mb, info.chunks_size)
+    def __init__(
+        self, root: Path, info: DatasetInfo, start: _FileIndex, on_close: Callable[[Path], None]
+    ) -> None:
+        self._root, self._info, self._on_close = root, info, on_close
+        self._files = _RollingFiles(info.data_files_size_in_mb, info.chunks_size, start)
         self._tables: list[pa.Table] = []
         self._path: Path | None = None
 
@@ -332,6 +396,7 @@ class _DataPacker:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             write_table_one_row_group_per_episode(pa.concat_tables(self._tables), self._path)
             self._tables = []
+            self._on_close(self._path)
 
 
 def _codec_signature(stream: av.video.stream.VideoStream) -> tuple[Any, ...]:
@@ -348,12 +413,15 @@ def _codec_signature(stream: av.video.stream.VideoStream) -> tuple[Any, ...]:
 
 
 class _VideoPacker:
-    """Stream-copies one camera's episodes back to back into the new dataset's packed mp4 files."""
+    """Stream-copies one camera's episodes back to back into new packed mp4 files (``on_close`` each)."""
 
-    def __init__(self, root: Path, info: DatasetInfo, key: str) -> None:
-        self._root, self._info, self._key = root, info, key
-        self._files = _RollingFiles(info.video_files_size_in_mb, info.chunks_size)
+    def __init__(
+        self, root: Path, info: DatasetInfo, key: str, start: _FileIndex, on_close: Callable[[Path], None]
+    ) -> None:
+        self._root, self._info, self._key, self._on_close = root, info, key, on_close
+        self._files = _RollingFiles(info.video_files_size_in_mb, info.chunks_size, start)
         self._container: av.container.OutputContainer | None = None
+        self._path: Path | None = None
         self._stream: av.video.stream.VideoStream | None = None
         self._signature: tuple[Any, ...] | None = None
         self._next_pts = 0
@@ -391,6 +459,7 @@ class _VideoPacker:
             video_key=self._key, chunk_index=self._files.chunk_index, file_index=self._files.file_index
         )
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         # Same muxing set-up as lerobot's concatenate_video_files: codec parameters copied from the input
         # stream, its time base kept, index (moov) in front so readers over HTTP/S3 need not fetch the end.
         self._container = av.open(str(path), "w", options={"movflags": "faststart"})
@@ -404,6 +473,7 @@ class _VideoPacker:
         if self._container is not None:
             self._container.close()
             self._container = None
+            self._on_close(self._path)
 
 
 def _remap(values: np.ndarray, mapping: dict[int, int]) -> np.ndarray:
@@ -439,74 +509,342 @@ def _episode_stats(
     return {**kept, **recomputed}
 
 
-def _reindex_progress(progress: pa.Table, moves: dict[int, tuple[int, int]]) -> pa.Table:
-    """Keeps the kept episodes' progress rows, renumbered; ``moves``: old episode -> (new, index shift)."""
-    kept = progress.filter(pc.is_in(progress["episode_index"], value_set=pa.array(list(moves), pa.int64())))
+def _episode_stats(
+    episode: _Episode, rows: pa.Table, features: dict[str, dict]
+) -> dict[str, dict[str, np.ndarray]]:
+    # Only the re-indexed columns changed; every other feature (videos included) keeps its source stats.
+    kept = {key: value for key, value in episode.stats.items() if key in features}
+    recomputed = compute_episode_stats({key: rows[key].to_numpy() for key in _REINDEXED}, features)
+    return {**kept, **recomputed}
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """One episode of the curated dataset: where it came from and where it sits now."""
+
+    source: int
+    fingerprint: str
+    index: int
+    from_index: int
+    length: int
+    stats: dict[str, dict[str, np.ndarray]]
+
+
+def _curated_progress(progress: pa.Table, placed: list[_Placed]) -> pa.Table:
+    """The curated episodes' progress rows, renumbered to their curated episode and global index."""
+    sources = pa.array([p.source for p in placed], pa.int64())
+    kept = progress.filter(pc.is_in(progress["episode_index"], value_set=sources))
     old = kept["episode_index"].to_numpy()
     kept = _replace_columns(
         kept,
         {
-            "episode_index": _remap(old, {k: new for k, (new, _) in moves.items()}),
-            "index": kept["index"].to_numpy() + _remap(old, {k: shift for k, (_, shift) in moves.items()}),
+            "episode_index": _remap(old, {p.source: p.index for p in placed}),
+            "index": _remap(old, {p.source: p.from_index for p in placed}) + kept["frame_index"].to_numpy(),
         },
     )
     return kept.sort_by("index")
 
 
-def _build(
+def _stats_bytes(placed: list[_Placed]) -> bytes:
+    # lerobot's aggregation over every episode, in episode order; keys sorted so equal stats, equal bytes.
+    stats = aggregate_stats([p.stats for p in placed])
+    return json.dumps(serialize_dict(stats), indent=4, sort_keys=True).encode()
+
+
+def _max_index(rows: list[dict[str, Any]], prefix: str) -> _FileIndex:
+    return max((row[f"{prefix}/chunk_index"], row[f"{prefix}/file_index"]) for row in rows)
+
+
+@dataclass(frozen=True)
+class _Starts:
+    """Where new files begin: after every file the published version references."""
+
+    data: _FileIndex
+    videos: dict[str, _FileIndex]
+    episodes_after: _FileIndex | None  # the last published episodes file; None: start at (0, 0)
+
+    def to_json(self) -> bytes:
+        """The journal form (sorted keys: equal plans, equal bytes)."""
+        return json.dumps(
+            {"data": self.data, "videos": self.videos, "episodes_after": self.episodes_after}, sort_keys=True
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> _Starts:
+        """Reads :meth:`to_json`."""
+        raw = json.loads(data)
+        after = raw["episodes_after"]
+        return cls(
+            tuple(raw["data"]),
+            {key: tuple(value) for key, value in raw["videos"].items()},
+            tuple(after) if after else None,
+        )
+
+
+@dataclass
+class _Committed:
+    """The version of the curated dataset its ``info.json`` names, read back from the destination."""
+
+    info: DatasetInfo
+    rows: list[dict[str, Any]]
+    tasks: pd.DataFrame
+
+    @property
+    def cameras(self) -> list[str]:
+        """Its video features."""
+        return [key for key, ft in self.info.features.items() if ft["dtype"] == "video"]
+
+    def placed(self) -> list[_Placed]:
+        """Its episodes, in order."""
+        return [
+            _Placed(
+                row[SOURCE_EPISODE],
+                row[SOURCE_FINGERPRINT],
+                row["episode_index"],
+                row["dataset_from_index"],
+                row["length"],
+                _row_stats(row),
+            )
+            for row in self.rows
+        ]
+
+    def referenced(self) -> set[str]:
+        """Every data, video and episodes file its episodes point at."""
+        files = set()
+        for row in self.rows:
+            files.add(
+                self.info.data_path.format(
+                    chunk_index=row["data/chunk_index"], file_index=row["data/file_index"]
+                )
+            )
+            files.add(
+                DEFAULT_EPISODES_PATH.format(
+                    chunk_index=row["meta/episodes/chunk_index"], file_index=row["meta/episodes/file_index"]
+                )
+            )
+            for key in self.cameras:
+                files.add(
+                    self.info.video_path.format(
+                        video_key=key,
+                        chunk_index=row[f"videos/{key}/chunk_index"],
+                        file_index=row[f"videos/{key}/file_index"],
+                    )
+                )
+        return files
+
+    def starts(self) -> _Starts:
+        """Fresh file indices after everything this version references."""
+        size = self.info.chunks_size
+        return _Starts(
+            _next_index(_max_index(self.rows, "data"), size),
+            {key: _next_index(_max_index(self.rows, f"videos/{key}"), size) for key in self.cameras},
+            _max_index(self.rows, "meta/episodes"),
+        )
+
+
+def _is_episodes_file(relative: str) -> bool:
+    return posixpath.dirname(posixpath.dirname(relative)) == EPISODES_DIR and relative.endswith(".parquet")
+
+
+def _is_data_file(relative: str) -> bool:
+    return relative.startswith("data/") and relative.endswith(".parquet")
+
+
+class _Destination:
+    """The curated dataset's root: what is there, and the protocol's writes (each one atomic)."""
+
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None) -> None:
+        self.uri, self.options = uri, dict(storage_options or {})
+        self.fs, self.root = filesystem_for(uri, self.options)
+        self.bytes_written = 0
+        self.video_bytes_written = 0
+        self.uploaded: set[str] = set()
+
+    def file_uri(self, relative: str) -> str:
+        """The URI of a file of the dataset; refuses a path (e.g. from a source template) that escapes."""
+        return ensure_under(join_uri(self.uri, relative), self.uri)
+
+    def files(self) -> set[str]:
+        """Relative paths of every file under the root."""
+        self.fs.invalidate_cache(self.root)
+        with touching(self.uri):
+            if not self.fs.exists(self.root):
+                return set()
+            return {posixpath.relpath(path, self.root) for path in self.fs.find(self.root)}
+
+    def read(self, relative: str) -> bytes:
+        """A file's bytes."""
+        with touching(self.file_uri(relative)):
+            return self.fs.cat_file(posixpath.join(self.root, relative))
+
+    def committed(self, files: set[str]) -> _Committed | None:
+        """The version ``info.json`` names, or None when there is none or it does not hold together."""
+        if INFO_PATH not in files:
+            return None
+        info = DatasetInfo.from_dict(json.loads(self.read(INFO_PATH)))
+        tables = []
+        for relative in sorted(filter(_is_episodes_file, files)):
+            with touching(self.file_uri(relative)):
+                tables.append(pq.read_table(pa.BufferReader(self.read(relative))))
+        if not tables:
+            return None
+        table = pa.concat_tables(tables, promote_options="default")
+        if SOURCE_EPISODE not in table.column_names:
+            logger.warning("%s was not written by this pipeline's protocol; rebuilding it", self.uri)
+            return None
+        # Episodes files of a publish cut short before its info.json hold only episodes beyond the total.
+        table = table.filter(pc.less(table["episode_index"], info.total_episodes)).sort_by("episode_index")
+        rows = table.to_pylist()
+        if [row["episode_index"] for row in rows] != list(range(info.total_episodes)) or sum(
+            row["length"] for row in rows
+        ) != info.total_frames:
+            logger.warning("%s: episodes index and info.json disagree; rebuilding it", self.uri)
+            return None
+        with touching(self.file_uri(DEFAULT_TASKS_PATH)):
+            tasks = pd.read_parquet(pa.BufferReader(self.read(DEFAULT_TASKS_PATH)))
+        tasks.index.name = "task"
+        used = {task for row in rows for task in row["tasks"]}
+        return _Committed(info, rows, tasks[tasks.index.isin(used)])
+
+    def put(self, local: Path, relative: str) -> None:
+        """Uploads a finished local file under a fresh name."""
+        size = put_file(local, self.file_uri(relative), self.options, name="new-file")
+        self.uploaded.add(relative)
+        self.bytes_written += size
+        if relative.endswith(".mp4"):
+            self.video_bytes_written += size
+
+    def write(self, data: bytes, relative: str) -> None:
+        """Replaces a single file in one step (unchanged bytes are not rewritten)."""
+        self.bytes_written += write_bytes(data, self.file_uri(relative), self.options)
+
+    def remove(self, relatives: list[str], name: str) -> None:
+        """Deletes files, one step each."""
+        remove([self.file_uri(relative) for relative in sorted(relatives)], self.options, name=name)
+
+    def remove_all(self) -> None:
+        """Deletes the dataset: ``info.json`` first (so no reader opens a partial one), then the rest."""
+        files = self.files()
+        if INFO_PATH in files:
+            self.remove([INFO_PATH], name="remove")
+        with touching(self.uri):
+            self.fs.rm(self.root, recursive=True)
+        step("remove", self.uri)
+
+
+def _write_version(
     source: _Source,
-    indices: list[int],
-    root: Path,
+    cameras: list[str],
+    new: list[tuple[int, str]],
+    dest: _Destination,
+    base: _Committed | None,
+    starts: _Starts,
     progress: pa.Table | None,
-    camera_keys: list[str] | None,
-) -> tuple[int, int]:
-    """Writes the curated dataset under the local ``root``; returns (frames, video bytes)."""
-    cameras = source.video_keys(camera_keys)
+    temp_dir: str | None,
+    swap: Callable[[], None] | None,
+) -> tuple[list[_Placed], int]:
+    """Writes a new version of the dataset: ``base`` (None: empty) plus the ``new`` (episode, fingerprint)s.
+
+    New data, video and episodes files first (each uploaded when it closes), then ``swap`` (a rebuild
+    removes the files it replaces), then tasks, stats, progress, and ``info.json`` last.
+
+    Returns:
+        Every episode of the new version, and the video packet bytes copied.
+    """
     info = source.info
     features = {key: ft for key, ft in info.features.items() if ft["dtype"] != "video" or key in cameras}
-    meta = LeRobotDatasetMetadata.create(
-        repo_id=_REPO_ID,
-        fps=info.fps,
-        features=features,
-        robot_type=info.robot_type,
-        root=root,
-        use_videos=bool(cameras),
-        chunks_size=info.chunks_size,
-        data_files_size_in_mb=info.data_files_size_in_mb,
-        video_files_size_in_mb=info.video_files_size_in_mb,
-    )
-    meta.info.tools = info.tools  # written with the first episode's info.json
-    data = _DataPacker(root, meta.info)
-    videos = {key: _VideoPacker(root, meta.info, key) for key in cameras}
     task_names = source.task_names()
-    moves: dict[int, tuple[int, int]] = {}
+    placed = base.placed() if base else []
     video_bytes = 0
-    with ExitStack() as closing:
-        # Open mp4s and lerobot's episodes writer are finished even if an episode fails, before the
-        # temporary folder under them is removed.
-        closing.callback(meta.finalize)
-        for packer in videos.values():
-            closing.callback(packer.close)
-        for new_index, episode in enumerate(source.episodes(indices)):
-            rows = source.data_rows(episode)
-            old_tasks = list(dict.fromkeys(rows["task_index"].to_pylist()))
-            meta.save_episode_tasks([task_names[task] for task in old_tasks])
-            task_map = {task: meta.get_task_index(task_names[task]) for task in old_tasks}
-            first_index = meta.info.total_frames
-            moves[episode.index] = (new_index, first_index - rows["index"][0].as_py())
-            rows = _reindex_rows(rows, new_index, first_index, task_map)
-            located = data.append(rows)
-            for key, packer in videos.items():
-                stream, packets = source.packets(episode, key)
-                located |= packer.append(stream, packets, episode.videos[key])
-                video_bytes += sum(p.size for p in packets)
-            # lerobot's own writer: episodes index row (from/to indices), info.json totals, stats.json.
-            stats = _episode_stats(episode, rows, features)
-            meta.save_episode(new_index, episode.length, episode.tasks, stats, located)
-        data.close()
-    if progress is not None:
-        pq.write_table(_reindex_progress(progress, moves), root / PROGRESS_FILENAME)
-    return meta.info.total_frames, video_bytes
+    with tempfile.TemporaryDirectory(prefix="curated-", dir=temp_dir) as tmp:
+        root = Path(tmp) / "dataset"
+        meta = LeRobotDatasetMetadata.create(
+            repo_id=_REPO_ID,
+            fps=info.fps,
+            features=features,
+            robot_type=info.robot_type,
+            root=root,
+            use_videos=bool(cameras),
+            chunks_size=info.chunks_size,
+            data_files_size_in_mb=info.data_files_size_in_mb,
+            video_files_size_in_mb=info.video_files_size_in_mb,
+        )
+        meta.info.tools = info.tools
+        if base is not None:
+            meta.info.total_episodes, meta.info.total_frames = (
+                base.info.total_episodes,
+                base.info.total_frames,
+            )
+            meta.tasks = base.tasks.copy()
+        if starts.episodes_after is not None:
+            # lerobot's writer resumes after the last episode it is shown: a new episodes file after the
+            # published ones, global indices continuing from the base's total.
+            chunk, file = starts.episodes_after
+            meta.episodes = [
+                {
+                    "meta/episodes/chunk_index": chunk,
+                    "meta/episodes/file_index": file,
+                    "dataset_to_index": meta.info.total_frames,
+                }
+            ]
+
+        failed = False
+
+        def upload(path: Path) -> None:
+            # Files finished while an episode fails are dropped: they would only be cleaned up later.
+            if not failed:
+                dest.put(path, path.relative_to(root).as_posix())
+            path.unlink()
+
+        def fail(exc_type: type[BaseException] | None, *_: object) -> bool:
+            nonlocal failed
+            failed = exc_type is not None
+            return False
+
+        data = _DataPacker(root, meta.info, starts.data, upload)
+        videos = {key: _VideoPacker(root, meta.info, key, starts.videos[key], upload) for key in cameras}
+        with ExitStack() as closing:
+            # Open mp4s and lerobot's episodes writer are finished even if an episode fails.
+            closing.callback(meta.finalize)
+            for packer in videos.values():
+                closing.callback(packer.close)
+            closing.push(fail)  # runs first on the way out
+            for (_, fingerprint), episode in zip(new, source.episodes([ep for ep, _ in new]), strict=True):
+                rows = source.data_rows(episode)
+                old_tasks = list(dict.fromkeys(rows["task_index"].to_pylist()))
+                meta.save_episode_tasks([task_names[task] for task in old_tasks])
+                task_map = {task: meta.get_task_index(task_names[task]) for task in old_tasks}
+                new_index, first_index = meta.info.total_episodes, meta.info.total_frames
+                rows = _reindex_rows(rows, new_index, first_index, task_map)
+                located = data.append(rows)
+                for key, packer in videos.items():
+                    stream, packets = source.packets(episode, key)
+                    located |= packer.append(stream, packets, episode.videos[key])
+                    video_bytes += sum(p.size for p in packets)
+                located |= {SOURCE_EPISODE: episode.index, SOURCE_FINGERPRINT: fingerprint}
+                # lerobot's own writer: episodes index row (from/to indices), info.json totals.
+                stats = _episode_stats(episode, rows, features)
+                meta.save_episode(new_index, episode.length, episode.tasks, stats, located)
+                # Stats as the episodes index stores them, so a later append aggregates the same numbers.
+                stored = cast_stats_to_numpy(serialize_dict(stats))
+                placed.append(
+                    _Placed(episode.index, fingerprint, new_index, first_index, episode.length, stored)
+                )
+            data.close()
+        for path in sorted((root / EPISODES_DIR).rglob("*.parquet")):
+            upload(path)
+        step("new-files", dest.uri)
+        if swap is not None:
+            swap()
+        if (root / DEFAULT_TASKS_PATH).exists():
+            dest.write((root / DEFAULT_TASKS_PATH).read_bytes(), DEFAULT_TASKS_PATH)
+        dest.write(_stats_bytes(placed), STATS_PATH)
+        if progress is not None:
+            dest.write(parquet_bytes(_curated_progress(progress, placed)), PROGRESS_FILENAME)
+        step("metadata", dest.uri)
+        dest.write((root / INFO_PATH).read_bytes(), INFO_PATH)
+        step("commit", dest.uri)
+    return placed, video_bytes
 
 
 def write_curated_dataset(
@@ -518,21 +856,24 @@ def write_curated_dataset(
     source_options: dict[str, Any] | None = None,
     dest_options: dict[str, Any] | None = None,
     camera_keys: list[str] | None = None,
-    overwrite: bool = True,
+    fingerprints: dict[int, str] | None = None,
+    temp_dir: str | None = None,
 ) -> CuratedSummary:
-    """Writes the chosen episodes of a LeRobot dataset as a new LeRobot v3.0 dataset, videos stream-copied.
+    """Makes the LeRobot v3.0 dataset at ``dest_uri`` hold exactly the chosen episodes, videos stream-copied.
 
-    The new dataset numbers the episodes 0..n-1 in source order, its global ``index`` runs from 0, tasks
-    are renumbered in a new ``meta/tasks.parquet``, and every other column and all pixels are the
-    source's. Each camera's episodes are packed into ``videos/<key>/chunk-XXX/file-XXX.mp4`` without
-    re-encoding (files roll over at the source's ``video_files_size_in_mb``).
+    Episodes are numbered 0..n-1 and the global ``index`` runs from 0; tasks get their own
+    ``meta/tasks.parquet``; every other column and all pixels are the source's. Each camera's episodes
+    are packed into ``videos/<key>/chunk-XXX/file-XXX.mp4`` without re-encoding (files roll over at the
+    source's ``video_files_size_in_mb``). What is already published is kept: episodes chosen since are
+    appended (in source order, after the published ones), and only a selection that drops an episode or
+    changes its fingerprint rebuilds the dataset. Calling it again with the same arguments writes nothing.
 
     Args:
         source_uri: Root of the source dataset: a local path or an fsspec URI such as ``s3://bucket/ds``.
             Codebase v3.0 (packed files) or v2.1 (one file per episode).
-        episodes: Source episode indices to keep; order and duplicates do not matter. Empty writes
-            nothing.
-        dest_uri: Root of the new dataset (local path or fsspec URI).
+        episodes: Source episode indices to keep; order and duplicates do not matter. Empty removes a
+            dataset published earlier and writes nothing.
+        dest_uri: Root of the curated dataset (local path or fsspec URI).
         progress: Per-frame progress of the source (``index``, ``episode_index``, ``frame_index``,
             ``progress_sparse``, as LeRobot's RA-BC reads it). Its rows of the kept episodes, renumbered
             to the new ``index``/``episode_index`` and sorted by ``index``, are written to
@@ -541,28 +882,114 @@ def write_curated_dataset(
         source_options: fsspec storage options for the source.
         dest_options: fsspec storage options for the destination.
         camera_keys: Video features to copy; ``None`` copies all. Others are left out of the new dataset.
-        overwrite: Replace a dataset already at ``dest_uri`` (re-runs curate the same place again);
-            with False an existing destination is an error.
+        fingerprints: Source episode -> fingerprint of its source data; an episode published under
+            another fingerprint is copied again (by a rebuild).
+        temp_dir: Local folder for the files being written (one open file per camera and one data file
+            at a time); ``None`` uses the system's.
 
     Returns:
-        The number of episodes and frames written and the video bytes copied.
+        What the dataset holds now and what this call wrote.
 
     Raises:
         CurationError: An episode is not in the source, its rows disagree with its metadata, a camera is
             unknown, or an episode's video does not begin on a keyframe (it could only be re-encoded).
-        FileExistsError: ``dest_uri`` exists and ``overwrite`` is false.
+        FileError: A file could not be read or written; the message names it.
     """
-    indices = sorted(set(episodes))
-    if not indices:
-        return CuratedSummary(uri=dest_uri, episodes=0, frames=0, video_bytes=0)
-    dest_fs, dest_path = filesystem_for(dest_uri, dest_options)
-    if dest_fs.exists(dest_path) and not overwrite:
-        raise FileExistsError(f"{dest_uri} already exists; pass overwrite=True to replace it")
-    with tempfile.TemporaryDirectory(prefix="curated-") as tmp, _Source(source_uri, source_options) as source:
-        root = Path(tmp) / "dataset"
-        frames, video_bytes = _build(source, indices, root, progress, camera_keys)
-        if dest_fs.exists(dest_path):
-            dest_fs.rm(dest_path, recursive=True)
-        upload_dataset(root, dest_fs, dest_uri)
-    logger.info("curated %d episodes (%d frames) into %s", len(indices), frames, dest_uri)
-    return CuratedSummary(uri=dest_uri, episodes=len(indices), frames=frames, video_bytes=video_bytes)
+    wanted = [(ep, (fingerprints or {}).get(ep, "")) for ep in sorted(set(episodes))]
+    dest = _Destination(dest_uri, dest_options)
+    files = dest.files()
+    if not wanted:
+        if files:
+            dest.remove_all()
+        return CuratedSummary(dest_uri, 0, 0, mode="removed" if files else "unchanged")
+    # A journal means a rebuild was cut short: it is redone with the file indices it recorded.
+    starts = _Starts.from_json(dest.read(REBUILD_JOURNAL)) if REBUILD_JOURNAL in files else None
+    committed = None if starts else dest.committed(files)
+    if committed is not None:
+        # Leftovers of a publish cut short, and files a rebuild superseded: no reader of this version
+        # reaches them (they are not referenced, and extra episodes files only add rows past its total).
+        keep = committed.referenced() | set(_SINGLE_FILES)
+        dest.remove(sorted(files - keep), name="cleanup")
+        published = [(p.source, p.fingerprint) for p in committed.placed()]
+        if set(published) <= set(wanted):
+            new = [entry for entry in wanted if entry not in set(published)]
+            return _append(source_uri, new, dest, committed, progress, source_options, camera_keys, temp_dir)
+        starts = committed.starts()
+    elif starts is None and files:
+        # No usable version (a first build cut short, or a layout this protocol did not write).
+        dest.remove(sorted(files), name="cleanup")
+    return _rebuild(source_uri, wanted, dest, starts, progress, source_options, camera_keys, temp_dir)
+
+
+def _append(
+    source_uri: str,
+    new: list[tuple[int, str]],
+    dest: _Destination,
+    committed: _Committed,
+    progress: pa.Table | None,
+    source_options: dict[str, Any] | None,
+    camera_keys: list[str] | None,
+    temp_dir: str | None,
+) -> CuratedSummary:
+    """Adds the ``new`` episodes after the published ones; nothing published is modified."""
+    if not new:
+        placed = committed.placed()
+        if progress is not None:
+            dest.write(parquet_bytes(_curated_progress(progress, placed)), PROGRESS_FILENAME)
+        return _summary(dest, placed, "unchanged", 0, 0)
+    with _Source(source_uri, source_options) as source:
+        cameras = source.video_keys(camera_keys)
+        placed, video_bytes = _write_version(
+            source, cameras, new, dest, committed, committed.starts(), progress, temp_dir, swap=None
+        )
+    logger.info("curated: appended %d episodes to %s", len(new), dest.uri)
+    return _summary(dest, placed, "appended", len(new), video_bytes)
+
+
+def _rebuild(
+    source_uri: str,
+    wanted: list[tuple[int, str]],
+    dest: _Destination,
+    starts: _Starts | None,
+    progress: pa.Table | None,
+    source_options: dict[str, Any] | None,
+    camera_keys: list[str] | None,
+    temp_dir: str | None,
+) -> CuratedSummary:
+    """Writes the whole selection under fresh file indices, then swaps the globbed files (journaled)."""
+    with _Source(source_uri, source_options) as source:
+        cameras = source.video_keys(camera_keys)
+        if starts is None:
+            starts = _Starts((0, 0), {key: (0, 0) for key in cameras}, None)
+        else:
+            # The journal comes first: a rebuild cut short is redone by the next publish, same indices.
+            dest.write(starts.to_json(), REBUILD_JOURNAL)
+
+        def swap() -> None:
+            # The data and episodes files lerobot globs must be the new version's alone before its
+            # info.json; the old videos stay for readers that opened the old version, until the next publish.
+            replaced = [f for f in dest.files() if (_is_data_file(f) or _is_episodes_file(f))]
+            dest.remove([f for f in replaced if f not in dest.uploaded], name="swap")
+
+        placed, video_bytes = _write_version(
+            source, cameras, wanted, dest, None, starts, progress, temp_dir, swap=swap
+        )
+    if REBUILD_JOURNAL in dest.files():
+        dest.remove([REBUILD_JOURNAL], name="journal")
+    logger.info("curated: rebuilt %s with %d episodes", dest.uri, len(wanted))
+    return _summary(dest, placed, "rebuilt", len(wanted), video_bytes)
+
+
+def _summary(
+    dest: _Destination, placed: list[_Placed], mode: str, added: int, video_bytes: int
+) -> CuratedSummary:
+    return CuratedSummary(
+        uri=dest.uri,
+        episodes=len(placed),
+        frames=sum(p.length for p in placed),
+        mode=mode,
+        added=added,
+        video_bytes=video_bytes,
+        bytes_written=dest.bytes_written,
+        video_bytes_written=dest.video_bytes_written,
+    )

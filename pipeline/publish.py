@@ -1,4 +1,4 @@
-"""Publishing: turn one dataset's committed shards into the files users read and train on.
+"""Publishing: turn each dataset's committed shards into the files users read and train on.
 
 Under ``<output>/<dataset_id>/``:
 
@@ -7,30 +7,46 @@ Under ``<output>/<dataset_id>/``:
   metadata; one row per raw frame of every ``ok`` episode.
 * ``episodes.parquet``: one row per episode with its status, error, prefix table, success and VOC.
 * ``curated/``: a LeRobot v3.0 dataset of the selected episodes (``pipeline.curate``).
+* ``_published.json``: the digest of what the last complete publish was made from, written last.
 
-The shards stay the source of truth, so publishing is a pure rebuild and can be repeated at will; each
-file is written to a temporary name and renamed into place so readers never see half a file.
+:func:`publish_all` runs on the driver: a dataset whose digest (its committed entries, state folder,
+model, success and curation settings) equals the recorded one is left untouched, so a night without new
+data costs one small read per dataset. The others are published by one Ray task each
+(:func:`publish_dataset`), in parallel; a task never raises: any failure becomes a ``failed`` outcome
+naming the dataset, the file and the reason, and the other datasets complete. The protocol that keeps
+every file readable while it is replaced is in ``pipeline.atomic`` / ``pipeline.curate`` and
+``docs/publishing.md``.
 """
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import dataclass
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
+import ray
 from lerobot.rewards.topreward.compute_rabc_weights import DEFAULT_OUTPUT_FILENAME as PROGRESS_FILE
 
-from pipeline.config import CurationConfig, SuccessConfig
-from pipeline.curate import write_curated_dataset
-from pipeline.sinks import CommittedEpisode
+from pipeline.atomic import FileError, touching, write_bytes, write_parquet
+from pipeline.config import RelabelConfig
+from pipeline.curate import CurationError, write_curated_dataset
+from pipeline.sinks import CommittedEpisode, read_rows
 from pipeline.stages.label import redecide
-from pipeline.storage import filesystem_for, join_uri
+from pipeline.storage import ensure_under, filesystem_for, join_uri, redact
+
+log = logging.getLogger(__name__)
 
 EPISODES_FILE = "episodes.parquet"
 CURATED_DIR = "curated"
+RECORD_FILE = "_published.json"
+# Bumped when the published layout changes, so every dataset is republished once in the new layout.
+PROTOCOL_VERSION = 1
 
 PROGRESS_SCHEMA = pa.schema(
     [
@@ -59,20 +75,65 @@ class PublishJob:
 
 
 @dataclass(frozen=True)
-class Published:
-    """What was published for one dataset."""
+class PublishOutcome:
+    """What publishing did for one dataset.
+
+    Attributes:
+        status: ``published``, ``unchanged`` (its inputs equal the last publish's: nothing was touched)
+            or ``failed`` (its previous files stay as they were).
+        error: ``"<dataset_id>: <file uri>: <reason>"`` when failed, else ``""``.
+        curated_uri: The curated dataset's root, None when no episode is selected.
+        curated_episodes: Episodes in the curated dataset.
+        threshold: The success threshold the selection was made at.
+        curation_enabled: Whether a curated dataset is made at all.
+        curated_mode: ``appended``, ``rebuilt``, ``unchanged`` or ``removed`` (empty if not published).
+        curated_added: Episodes copied into the curated dataset by this publish.
+        bytes_written: Bytes of every file written by this publish.
+        video_bytes_written: Bytes of curated mp4 files written by this publish.
+        video_packet_bytes: Bytes of the video packets it stream-copied (the copied episodes' own size).
+    """
 
     dataset_id: str
+    status: str
+    error: str
     episodes_uri: str
     progress_uri: str
     curated_uri: str | None
     curated_episodes: int
+    threshold: float
+    curation_enabled: bool
+    curated_mode: str = ""
+    curated_added: int = 0
+    bytes_written: int = 0
+    video_bytes_written: int = 0
+    video_packet_bytes: int = 0
+
+    def describe(self) -> list[str]:
+        """The run summary's lines for this dataset."""
+        name = self.dataset_id
+        if self.status == "failed":
+            return [f"{name}: NOT PUBLISHED {self.error}"]
+        if self.status == "unchanged":
+            lines = [f"{name}: unchanged since the last publish, nothing written"]
+        else:
+            what = f"curated {self.curated_mode}" + (
+                f" +{self.curated_added} ep" if self.curated_added else ""
+            )
+            lines = [f"{name}: published ({what}, {self.bytes_written / 1e6:.2f} MB written)"]
+        lines += [f"{name}: progress  {self.progress_uri}", f"{name}: episodes  {self.episodes_uri}"]
+        if self.curated_uri:
+            lines.append(f"{name}: curated   {self.curated_uri} ({self.curated_episodes} ep)")
+        elif self.curation_enabled:
+            lines.append(f"{name}: curated   0 selected at threshold {self.threshold:g}")
+        else:
+            lines.append(f"{name}: curated   none (curation.enabled=false)")
+        return lines
 
 
 def progress_table(shards: pa.Table, vlm_name: str) -> pa.Table:
     """Per-frame progress of the ``ok`` episodes in LeRobot's RA-BC schema, sorted by global index."""
-    ok = shards.filter(pa.compute.equal(shards.column("status"), "ok"))
-    lengths = pa.compute.list_value_length(ok.column("frame_progress")).to_numpy(zero_copy_only=False)
+    ok = shards.filter(pc.equal(shards.column("status"), "ok"))
+    lengths = pc.list_value_length(ok.column("frame_progress")).to_numpy(zero_copy_only=False)
     lengths = lengths.astype(np.int64)
     starts = np.cumsum(lengths) - lengths
     frame_index = np.arange(lengths.sum(), dtype=np.int64) - np.repeat(starts, lengths)
@@ -81,62 +142,187 @@ def progress_table(shards: pa.Table, vlm_name: str) -> pa.Table:
         "index": np.repeat(first_index, lengths) + frame_index,
         "episode_index": np.repeat(ok.column("episode_index").to_numpy().astype(np.int64), lengths),
         "frame_index": frame_index,
-        "progress_sparse": pa.compute.list_flatten(ok.column("frame_progress")),
+        "progress_sparse": pc.list_flatten(ok.column("frame_progress")),
     }
     table = pa.Table.from_pydict(columns, schema=PROGRESS_SCHEMA).sort_by("index")
     return table.replace_schema_metadata({"vlm_name": vlm_name})
 
 
-def write_parquet_atomic(table: pa.Table, uri: str, storage_options: dict[str, Any]) -> str:
-    """Write a parquet file under a temporary name, then rename it over ``uri``."""
+def publish_digest(job: PublishJob, cfg: RelabelConfig) -> str:
+    """What a dataset's published files are a function of; equal digests mean there is nothing to do."""
+    entries = sorted((e.episode_index, e.shard, e.fingerprint, e.status) for e in job.episodes)
+    facts = {
+        "protocol": PROTOCOL_VERSION,
+        "dataset_id": job.dataset_id,
+        "root": job.root,
+        "state_uri": job.state_uri,
+        "episodes": entries,
+        "model": cfg.model.path,
+        "success": asdict(cfg.success),
+        "curation": asdict(cfg.curation),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
+
+
+def _uris(job: PublishJob, cfg: RelabelConfig) -> dict[str, str]:
+    """Every path the dataset's publish writes, each checked to stay under ``output.uri``."""
+    base = ensure_under(join_uri(cfg.output.uri, job.dataset_id), cfg.output.uri)
+    names = {
+        "episodes": EPISODES_FILE,
+        "progress": PROGRESS_FILE,
+        "curated": CURATED_DIR,
+        "record": RECORD_FILE,
+    }
+    return {"base": base} | {
+        key: ensure_under(join_uri(base, name), cfg.output.uri) for key, name in names.items()
+    }
+
+
+def _read_record(uri: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
     fs, path = filesystem_for(uri, storage_options)
-    fs.invalidate_cache(path)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    temp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with fs.open(temp, "wb") as f:
-        pq.write_table(table, f)
-    if fs.exists(path):
-        fs.rm(path)
-    fs.mv(temp, path)
-    return uri
+    try:
+        return json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
 
 
-def publish_dataset(
-    shards: pa.Table,
-    dataset_id: str,
-    root: str,
-    output_uri: str,
-    vlm_name: str,
-    *,
-    success: SuccessConfig,
-    curation: CurationConfig,
-    source_options: dict[str, Any],
-    output_options: dict[str, Any],
-) -> Published:
-    """Write the user-facing files of one dataset from its committed shard rows.
+def _outcome(job: PublishJob, cfg: RelabelConfig, uris: dict[str, str], **fields: Any) -> PublishOutcome:
+    values = {
+        "dataset_id": job.dataset_id,
+        "status": "published",
+        "error": "",
+        "episodes_uri": uris["episodes"],
+        "progress_uri": uris["progress"],
+        "curated_uri": None,
+        "curated_episodes": 0,
+        "threshold": cfg.success.threshold,
+        "curation_enabled": cfg.curation.enabled,
+    }
+    return PublishOutcome(**(values | fields))
 
-    Success labels and the curated selection follow the current ``success``/``curation`` settings, so a
-    new threshold (e.g. from ``jobs.calibrate``) takes effect on the next run without re-scoring.
-    """
-    shards = redecide(shards, success, curation)
-    base = join_uri(output_uri, dataset_id)
-    episodes_uri = write_parquet_atomic(
-        shards.select(list(EPISODE_COLUMNS)), join_uri(base, EPISODES_FILE), output_options
+
+def _failed(job: PublishJob, cfg: RelabelConfig, err: BaseException) -> PublishOutcome:
+    """A failed outcome whose error names the dataset, the file and the reason (secrets redacted)."""
+    base = join_uri(cfg.output.uri, job.dataset_id)
+    where = str(err) if isinstance(err, FileError | CurationError) else f"{base}: {type(err).__name__}: {err}"
+    error = redact(
+        redact(f"{job.dataset_id}: {where}", cfg.output.storage_options), cfg.source.storage_options
     )
-    progress = progress_table(shards, vlm_name)
-    progress_uri = write_parquet_atomic(progress, join_uri(base, PROGRESS_FILE), output_options)
-    curated_uri, curated = join_uri(base, CURATED_DIR), 0
-    episodes = sorted(shards.filter(shards.column("selected")).column("episode_index").to_pylist())
-    if curation.enabled and episodes:
-        write_curated_dataset(
-            root, episodes, curated_uri, progress, source_options=source_options, dest_options=output_options
-        )
-        curated = len(episodes)
-    else:
-        # A curated set from an earlier run must not outlive a selection that is now empty.
-        fs, path = filesystem_for(curated_uri, output_options)
-        fs.invalidate_cache(path)
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-        curated_uri = None
-    return Published(dataset_id, episodes_uri, progress_uri, curated_uri, curated)
+    log.warning("publish failed: %s", error)
+    uris = {"episodes": join_uri(base, EPISODES_FILE), "progress": join_uri(base, PROGRESS_FILE)}
+    return _outcome(job, cfg, uris, status="failed", error=error)
+
+
+def _publish(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
+    uris = _uris(job, cfg)
+    options = cfg.output.storage_options
+    with touching(job.state_uri):
+        rows = read_rows(job.state_uri, job.episodes, options)
+    # Success and selection follow the current settings, so a calibrated threshold applies without
+    # re-scoring anything.
+    rows = redecide(rows, cfg.success, cfg.curation)
+    progress = progress_table(rows, cfg.model.path)
+    selected = rows.filter(rows.column("selected")) if cfg.curation.enabled else rows.slice(0, 0)
+    episodes = selected.column("episode_index").to_pylist()
+    curated = write_curated_dataset(
+        job.root,
+        episodes,
+        uris["curated"],
+        progress,
+        source_options=cfg.source.storage_options,
+        dest_options=options,
+        fingerprints=dict(zip(episodes, selected.column("fingerprint").to_pylist(), strict=True)),
+        temp_dir=cfg.publish.temp_dir,
+    )
+    # The curated set first, then the two tables that describe it, then the record: a reader sees the
+    # new selection in episodes.parquet only once the curated set holds it.
+    written = curated.bytes_written
+    for table, key in ((rows.select(list(EPISODE_COLUMNS)), "episodes"), (progress, "progress")):
+        written += write_parquet(table, uris[key], options)
+    outcome = _outcome(
+        job,
+        cfg,
+        uris,
+        curated_uri=uris["curated"] if curated.episodes else None,
+        curated_episodes=curated.episodes,
+        curated_mode=curated.mode,
+        curated_added=curated.added,
+        bytes_written=written,
+        video_bytes_written=curated.video_bytes_written,
+        video_packet_bytes=curated.video_bytes,
+    )
+    record = {
+        "protocol": PROTOCOL_VERSION,
+        "digest": publish_digest(job, cfg),
+        "curated_episodes": outcome.curated_episodes,
+        "threshold": outcome.threshold,
+        "curation_enabled": outcome.curation_enabled,
+    }
+    write_bytes(
+        json.dumps(record, sort_keys=True, indent=1).encode(), uris["record"], options, name="recorded"
+    )
+    return outcome
+
+
+def publish_dataset(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
+    """Publishes one dataset (the body of its Ray task); never raises: a failure is a failed outcome."""
+    try:
+        return _publish(job, cfg)
+    except Exception as err:  # one dataset's failure is reported, never propagated to the others
+        return _failed(job, cfg, err)
+
+
+def _unchanged(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome | None:
+    """The outcome of a dataset whose inputs equal its last publish's, from its record; else None."""
+    uris = _uris(job, cfg)
+    record = _read_record(uris["record"], cfg.output.storage_options)
+    if record is None or record.get("digest") != publish_digest(job, cfg):
+        return None
+    return _outcome(
+        job,
+        cfg,
+        uris,
+        status="unchanged",
+        curated_uri=uris["curated"] if record["curated_episodes"] else None,
+        curated_episodes=record["curated_episodes"],
+    )
+
+
+def publish_all(
+    jobs: list[PublishJob], cfg: RelabelConfig, connect: Callable[[], None]
+) -> list[PublishOutcome]:
+    """Publishes every dataset whose inputs changed since its last publish, one Ray task per dataset.
+
+    The driver reads one small record per dataset to find the changed ones and calls ``connect`` (start
+    or join Ray) only if there is any. At most ``publish.max_parallel`` tasks run at once (0: as many as
+    the cluster fits, ``publish.num_cpus`` each). Outcomes come back in the order of ``jobs``.
+    """
+    outcomes: dict[str, PublishOutcome] = {}
+    changed = []
+    for job in jobs:
+        try:
+            found = _unchanged(job, cfg)
+        except Exception as err:  # an unreadable record or a bad dataset id fails that dataset alone
+            found = _failed(job, cfg, err)
+        if found is None:
+            changed.append(job)
+        else:
+            outcomes[job.dataset_id] = found
+    if changed:
+        connect()
+        task = ray.remote(publish_dataset).options(num_cpus=cfg.publish.num_cpus)
+        limit = cfg.publish.max_parallel or len(changed)
+        waiting, running = list(changed), {}
+        while waiting or running:
+            while waiting and len(running) < limit:
+                job = waiting.pop(0)
+                running[task.remote(job, cfg)] = job
+            done, _ = ray.wait(list(running), num_returns=1)
+            for ref in done:
+                job = running.pop(ref)
+                try:
+                    outcomes[job.dataset_id] = ray.get(ref)
+                except Exception as err:  # the task itself died (worker lost, out of memory)
+                    outcomes[job.dataset_id] = _failed(job, cfg, err)
+    log.info("publish: %d datasets, %d changed", len(jobs), len(changed))
+    return [outcomes[job.dataset_id] for job in jobs]

@@ -18,13 +18,13 @@ import ray
 from pipeline.catalog import EpisodeRecord, list_episodes
 from pipeline.config import ConfigError, RelabelConfig, config_hash
 from pipeline.frames.decode import decode_episode
+from pipeline.placement import cluster_placement, scoring_line
 from pipeline.preflight import check_run
-from pipeline.publish import Published, PublishJob, publish_dataset
+from pipeline.publish import PublishJob, PublishOutcome, publish_all
 from pipeline.runrecord import RunRecord
 from pipeline.sinks import (
     CommittedEpisode,
     committed_state,
-    read_rows,
     remove_leftovers,
     state_uri,
     write_shards,
@@ -48,8 +48,17 @@ class DatasetSummary:
     frames: int = 0
     errors: list[str] = field(default_factory=list)
     catalog_error: str = ""
-    published: Published | None = None
-    publish_error: str = ""
+    publish: PublishOutcome | None = None
+
+    @property
+    def published(self) -> PublishOutcome | None:
+        """This run's publish of the dataset when it succeeded (or found nothing to change)."""
+        return self.publish if self.publish and self.publish.status != "failed" else None
+
+    @property
+    def publish_error(self) -> str:
+        """Why publishing failed (dataset, file, reason), or ``""``."""
+        return self.publish.error if self.publish and self.publish.status == "failed" else ""
 
     @property
     def failures(self) -> int:
@@ -112,6 +121,7 @@ def build_dataset(rows: list[dict[str, Any]], cfg: RelabelConfig, chash: str) ->
     decode_compute = (
         ray.data.TaskPoolStrategy(size=cfg.ray.decode_concurrency) if cfg.ray.decode_concurrency else None
     )
+    placement = cluster_placement(cfg.ray, cfg.model, chash)
     return (
         ray.data.from_items(rows)
         # Decoding is I/O plus light CPU work; fractional CPUs let it overlap the scorer on small nodes.
@@ -126,8 +136,10 @@ def build_dataset(rows: list[dict[str, Any]], cfg: RelabelConfig, chash: str) ->
             num_cpus=cfg.ray.decode_num_cpus,
             compute=decode_compute,
         )
-        # One VLM per actor, loaded once; on CPU-only clusters a fractional CPU keeps decode schedulable
-        # (whole CPUs held by actors starve the decode tasks and the pipeline deadlocks).
+        # One VLM per actor, loaded once, in a pool sized to the cluster (pipeline/placement.py); on
+        # CPU-only clusters a fractional CPU keeps decode schedulable (whole CPUs held by actors starve
+        # the decode tasks and the pipeline deadlocks). Each actor keeps the next batch queued
+        # (max_tasks_in_flight), so its frames are decoded and delivered while it scores the current one.
         .map_batches(
             ScoreEpisodes,
             fn_constructor_kwargs={
@@ -135,11 +147,10 @@ def build_dataset(rows: list[dict[str, Any]], cfg: RelabelConfig, chash: str) ->
                 "scoring": cfg.scoring,
                 "threads": cfg.ray.scorer_threads,
             },
-            compute=ray.data.ActorPoolStrategy(size=cfg.ray.scorer_actors),
+            compute=placement.compute(),
             batch_size=cfg.ray.scorer_batch_size,
             batch_format="numpy",
-            num_gpus=cfg.ray.scorer_num_gpus,
-            num_cpus=cfg.ray.scorer_num_cpus,
+            **placement.remote_args(),
         )
         .map(label_episode, fn_kwargs={"success": cfg.success, "curation": cfg.curation})
         # Shards are small (no frames); a handful of episodes per commit keeps file counts sane.
@@ -255,8 +266,10 @@ def run(cfg: RelabelConfig) -> RunSummary:
                 else:
                     summary.failed += 1
                     summary.errors.append(f"{result['error']} [attempt {result['attempt']}]")
-        for dataset_id, published, error in publish_jobs(_publish_jobs(records, roots, cfg, chash), cfg):
-            summaries[dataset_id].published, summaries[dataset_id].publish_error = published, error
+        # Only datasets whose inputs changed since their last publish are written, one Ray task each.
+        jobs = _publish_jobs(records, roots, cfg, chash)
+        for outcome in publish_all(jobs, cfg, connect=lambda: connect_ray(cfg)):
+            summaries[outcome.dataset_id].publish = outcome
     except BaseException as err:
         record.datasets = {d.dataset_id: d.counts() for d in summaries.values()}
         record.finish("broken", redact(f"{type(err).__name__}: {err}", cfg.output.storage_options))
@@ -273,31 +286,6 @@ def run(cfg: RelabelConfig) -> RunSummary:
     return summary
 
 
-def publish_jobs(jobs: list[PublishJob], cfg: RelabelConfig) -> list[tuple[str, Published | None, str]]:
-    """Publishes each dataset; a dataset that fails is reported with its reason and the others go on."""
-    results = []
-    for job in jobs:
-        try:
-            shards = read_rows(job.state_uri, job.episodes, cfg.output.storage_options)
-            published = publish_dataset(
-                shards,
-                job.dataset_id,
-                job.root,
-                cfg.output.uri,
-                cfg.model.path,
-                success=cfg.success,
-                curation=cfg.curation,
-                source_options=cfg.source.storage_options,
-                output_options=cfg.output.storage_options,
-            )
-            results.append((job.dataset_id, published, ""))
-        except Exception as err:  # one broken dataset never stops the others' publishing
-            reason = redact(f"{type(err).__name__}: {err}", cfg.output.storage_options)
-            log.warning("publish failed for %s: %s", job.dataset_id, reason)
-            results.append((job.dataset_id, None, f"{job.dataset_id}: publishing: {reason}"))
-    return results
-
-
 def format_summary(summary: RunSummary) -> str:
     """The end-of-run table: per dataset, episodes scored/skipped/failed, frames, throughput, outputs."""
     hours = max(summary.wall_seconds, 1e-9) / 3600
@@ -311,22 +299,15 @@ def format_summary(summary: RunSummary) -> str:
     )
     header = f"{'dataset':<32}" + "".join(f"{name:>{width}}" for name, width in columns)
     lines = [f"topreward relabel: config {summary.config_hash}, wall {summary.wall_seconds:.1f} s", header]
+    lines.insert(1, scoring_line(summary.config_hash, summary.scored))
     for d in summary.datasets.values():
         rate = d.scored / hours
         lines.append(
             f"{d.dataset_id:<32}{d.scored:>8}{d.skipped:>9}{d.failed:>8}{d.gave_up:>9}{d.frames:>9}{rate:>12.0f}"
         )
     for d in summary.datasets.values():
-        if d.published:
-            lines.append(f"{d.dataset_id}: progress  {d.published.progress_uri}")
-            lines.append(f"{d.dataset_id}: episodes  {d.published.episodes_uri}")
-            if d.published.curated_uri:
-                lines.append(
-                    f"{d.dataset_id}: curated   {d.published.curated_uri} ({d.published.curated_episodes} ep)"
-                )
+        lines.extend(d.publish.describe() if d.publish else [])
         lines.extend(f"{d.dataset_id}: FAILED {error}" for error in [d.catalog_error, *d.errors] if error)
-        if d.publish_error:
-            lines.append(f"{d.dataset_id}: NOT PUBLISHED {d.publish_error}")
     if summary.run_record_uri:
         lines.append(f"run record: {summary.run_record_uri}")
     return "\n".join(lines)

@@ -16,7 +16,7 @@ import pytest
 from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-from pipeline import synth
+from devkit import synth
 from pipeline.curate import PROGRESS_FILENAME, CurationError, write_curated_dataset
 from pipeline.storage import upload_dataset
 from tests.conftest import BUCKET

@@ -7,7 +7,7 @@ import torch
 import pipeline.scoring.cached as cached
 from pipeline.config import ModelConfig, ScoringConfig
 from pipeline.frames.schedule import episode_schedule
-from pipeline.scoring.inputs import EpisodeClip
+from pipeline.scoring.inputs import EpisodeClip, encode_prompt_tokens, encode_video_prompt, video_pixels
 from pipeline.scoring.scorer import PrefixScorer
 
 TOL = 1e-5
@@ -82,15 +82,15 @@ def test_control_wrong_positions_is_detected(qwen3_scorer, monkeypatch):
     """Suffix positions continuing after the full video (not the prefix) must break equality."""
     original = cached.suffix_positions
 
-    def from_full_video(model, batch, cut, blocks, suffix_ids):
-        full_blocks = int(batch["video_grid_thw"][0, 0])
-        full_cut = len(batch["input_ids"][0]) - suffix_ids.numel() - 1
-        return original(model, batch, full_cut, full_blocks, suffix_ids)
+    def from_full_video(model, tokens, cut, blocks):
+        return original(model, tokens, tokens["context_len"], int(tokens["video_grid_thw"][0, 0]))
 
     clip = _episode(61, 8, size=64)
     _, slow = _both(qwen3_scorer, clip)
     monkeypatch.setattr(cached, "suffix_positions", from_full_video)
+    qwen3_scorer.cached.plans.clear()  # plans are built once per layout: rebuild with the broken rule
     fast = qwen3_scorer.score(clip, TASK)
+    qwen3_scorer.cached.plans.clear()
     assert np.abs(fast.log_p_true - slow.log_p_true)[:-1].max() > 100 * TOL
 
 
@@ -106,8 +106,50 @@ def test_control_no_prefix_mask_is_detected(qwen3_scorer, monkeypatch):
     clip = _episode(61, 8, size=64)
     _, slow = _both(qwen3_scorer, clip)
     monkeypatch.setattr(cached, "packed_suffix_mask", whole_context)
+    qwen3_scorer.cached.plans.clear()
     fast = qwen3_scorer.score(clip, TASK)
+    qwen3_scorer.cached.plans.clear()
     assert np.abs(fast.log_p_true - slow.log_p_true)[:-1].max() > 100 * TOL
+
+
+def test_plan_is_shared_by_episodes_of_one_layout(tiny_model_dir):
+    """Other frames and other timestamps of the same token layout reuse the plan, and stay exact."""
+    scorer = PrefixScorer(ModelConfig(path=str(tiny_model_dir)), ScoringConfig())
+    first = _episode(61, 8, size=64, seed=1)
+    # Same frame count and prefix ends, frames from other raw indices: other pixels, other timestamps.
+    second = EpisodeClip(
+        _episode(61, 8, size=64, seed=2).frames, first.raw_indices + 1, RAW_FPS, 62, first.prefix_ends
+    )
+    scorer.score(first, TASK)
+    fast, slow = _both(scorer, second)
+    assert len(scorer.cached.plans) == 1
+    np.testing.assert_allclose(fast.log_p_true, slow.log_p_true, rtol=0, atol=TOL)
+    longer = _episode(300, 8, size=64, seed=3)
+    fast, slow = _both(scorer, longer)
+    assert len(scorer.cached.plans) == 2
+    np.testing.assert_allclose(fast.log_p_true, slow.log_p_true, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen25"])
+@pytest.mark.parametrize(("num_raw", "raw_fps"), [(37, 10.0), (2, 10.0), (300, 10.0), (1000, 30.0)])
+def test_model_inputs_equal_the_processors(request, family, num_raw, raw_fps):
+    """Token ids, types, grid, seconds per patch and pixels built without the processor call are its own."""
+    scorer = request.getfixturevalue(f"{family}_scorer")
+    processor = scorer.loaded.processor
+    schedule = episode_schedule(num_raw, raw_fps, 2.0, 16, 15)
+    size = 64 if family == "qwen3" else 56
+    frames = np.random.default_rng(num_raw).integers(
+        0, 256, (len(schedule.raw_indices), size, size, 3), dtype=np.uint8
+    )
+    clip = EpisodeClip(frames, schedule.raw_indices, raw_fps, num_raw, schedule.prefix_ends)
+    prompt = scorer._prompt(TASK)
+    expected = encode_video_prompt(processor, prompt, frames, clip.raw_indices, raw_fps, clip.sampled_fps)
+    built = encode_prompt_tokens(processor, prompt, clip)
+    built["pixel_values_videos"] = video_pixels(processor.video_processor, torch.from_numpy(frames))
+    assert set(expected) - {"attention_mask"} == set(built)
+    for key, value in built.items():
+        assert value.dtype == expected[key].dtype, key
+        assert torch.equal(value, expected[key]), key
 
 
 def test_packed_mask_shape_and_visibility():

@@ -7,37 +7,89 @@ prefix's context: each prefix's text suffix attends to the cache up to its own c
 itself, at the positions it would have after its own truncated video. The K suffixes are packed into one
 row with a 4-D additive mask instead of replicating the cache K times. Result: the same numbers as
 ``reference_scores`` (within float32 rounding) for about the price of one forward.
+
+Only the forward passes run per episode. Token ids come from the processor's text path without pixel
+work (:func:`~pipeline.scoring.inputs.encode_prompt_tokens`); the uint8 frames go to the device
+(pinned, non-blocking on CUDA) and are patchified and normalised there; positions, cuts, masks and
+readout indices depend only on the episode's token layout, so they are built once per layout and kept
+on the device (:class:`ScoringPlan`).
 """
 
 from __future__ import annotations
+
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
 from pipeline.frames.schedule import TEMPORAL_BLOCK
-from pipeline.scoring.inputs import EpisodeClip, block_ends, encode_video_prompt
+from pipeline.scoring.inputs import EpisodeClip, block_ends, encode_prompt_tokens, video_pixels
 from pipeline.scoring.model import LoadedModel
+
+# Plans kept per scorer. A plan holds its masks on the device (about 6 MB in fp32 for K=15 over 64
+# frames at 256²); episodes of one dataset share a handful of layouts, so a few dozen cover them.
+PLAN_CACHE_SIZE = 32
+
+
+class StageClock:
+    """Wall seconds per named stage, summed over calls; synchronises CUDA at each boundary.
+
+    The synchronisation makes asynchronous device work count in the stage that launched it, so it is
+    for measuring only: the pipeline scores without a clock.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def sync(self) -> None:
+        """Wait for the device (CUDA) to finish the work queued so far."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time the block as stage ``name``."""
+        self.sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sync()
+            self.seconds[name] += time.perf_counter() - start
+
+
+def _stage(clock: StageClock | None, name: str) -> Any:
+    return clock.stage(name) if clock is not None else nullcontext()
 
 
 def suffix_positions(
-    model: torch.nn.Module,
-    batch: dict[str, torch.Tensor],
-    cut: int,
-    blocks: int,
-    suffix_ids: torch.Tensor,
+    model: torch.nn.Module, tokens: dict[str, torch.Tensor], cut: int, blocks: int
 ) -> torch.Tensor:
     """M-RoPE positions (3, S) of the suffix as it would sit after a video truncated to ``blocks`` blocks.
 
-    Derived from the model's own ``get_rope_index`` on the prefix's token ids (integer work only), so it
-    holds for any Qwen-VL family and version instead of a hand-written rule; never from ``rope_deltas``.
+    ``tokens`` holds the episode's ``input_ids`` (context, suffix, then the answer), token types and
+    grid. Derived from the model's own ``get_rope_index`` on the prefix's tokens (integer work only), so
+    it holds for any Qwen-VL family and version instead of a hand-written rule; never from
+    ``rope_deltas``.
     """
-    ids = torch.cat([batch["input_ids"][:, :cut], suffix_ids[None]], dim=1)
-    mm = torch.cat([batch["mm_token_type_ids"][:, :cut], torch.zeros_like(suffix_ids)[None]], dim=1)
-    grid = batch["video_grid_thw"].clone()
+    ids, types = tokens["input_ids"], tokens["mm_token_type_ids"]
+    suffix = slice(tokens["context_len"], ids.shape[1] - 1)
+    ids = torch.cat([ids[:, :cut], ids[:, suffix]], dim=1)
+    types = torch.cat([types[:, :cut], types[:, suffix]], dim=1)
+    grid = tokens["video_grid_thw"].clone()
     grid[0, 0] = blocks
-    extra = {"second_per_grid_ts": batch["second_per_grid_ts"]} if "second_per_grid_ts" in batch else {}
-    positions, _ = model.model.get_rope_index(ids, mm, video_grid_thw=grid, **extra)
-    return positions[:, 0, -suffix_ids.numel() :]
+    positions, _ = model.model.get_rope_index(ids, types, video_grid_thw=grid, **_rope_extra(tokens))
+    return positions[:, 0, cut:]
+
+
+def _rope_extra(tokens: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return {"second_per_grid_ts": tokens["second_per_grid_ts"]} if "second_per_grid_ts" in tokens else {}
 
 
 def packed_suffix_mask(
@@ -56,73 +108,161 @@ def packed_suffix_mask(
     return mask[None, None]
 
 
-@torch.inference_mode()
-def cached_scores(
-    loaded: LoadedModel, prompt: str, clip: EpisodeClip, false_id: int, suffix_chunk: int = 16
-) -> tuple[np.ndarray, np.ndarray]:
-    """log P(answer) and log P(false answer) for every prefix, from one context forward.
+@dataclass(frozen=True)
+class Layout:
+    """What an episode's positions, cuts and masks depend on: the plan cache's key.
 
-    Arguments are those of ``reference_scores``; ``suffix_chunk`` bounds how many suffixes share one pass
-    (memory grows with chunk x suffix length x context length in the mask and attention).
+    M-RoPE positions follow from the token types (text or video), the video grid and, for Qwen2.5-VL,
+    the seconds per temporal patch; never from the token ids themselves, so episodes whose timestamps
+    differ in text but not in token count share a plan.
     """
-    model, processor, device = loaded.model, loaded.processor, loaded.device
-    batch = encode_video_prompt(
-        processor, prompt, clip.frames, clip.raw_indices, clip.raw_fps, clip.sampled_fps
-    )
-    num_blocks = int(batch["video_grid_thw"][0, 0])
-    tokenizer = processor.tokenizer
-    ends = block_ends(
-        batch["input_ids"],
-        tokenizer.convert_tokens_to_ids(processor.video_token),
-        tokenizer.convert_tokens_to_ids("<|vision_end|>"),
-        num_blocks,
-    )
-    context_len = int(ends[-1])
-    full_positions, _ = model.model.get_rope_index(
-        batch["input_ids"],
-        batch["mm_token_type_ids"],
-        video_grid_thw=batch["video_grid_thw"],
-        **({"second_per_grid_ts": batch["second_per_grid_ts"]} if "second_per_grid_ts" in batch else {}),
-    )
-    # The answer token is the target, not an input: the logits before it are what is scored.
-    suffix_ids = batch["input_ids"][0, context_len:-1]
-    target_id = int(batch["input_ids"][0, -1])
-    suffix_len = suffix_ids.numel()
 
-    context = model(
-        input_ids=batch["input_ids"][:, :context_len].to(device),
-        position_ids=full_positions[:, :, :context_len].to(device),
-        pixel_values_videos=batch["pixel_values_videos"].to(device),
-        video_grid_thw=batch["video_grid_thw"].to(device),
-        **({"second_per_grid_ts": batch["second_per_grid_ts"]} if "second_per_grid_ts" in batch else {}),
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    cache = context.cache
+    token_types: bytes
+    grid: tuple[int, ...]
+    second_per_grid: tuple[float, ...]
+    cuts: tuple[int, ...]
+    blocks: tuple[int, ...]
 
-    blocks_per_prefix = [int(end) // TEMPORAL_BLOCK for end in clip.prefix_ends]
-    true_lp: list[np.ndarray] = []
-    false_lp: list[np.ndarray] = []
-    for start in range(0, len(blocks_per_prefix), suffix_chunk):
-        chunk = blocks_per_prefix[start : start + suffix_chunk]
-        cuts = [int(ends[b - 1]) for b in chunk]
-        positions = torch.cat(
-            [suffix_positions(model, batch, cut, b, suffix_ids) for cut, b in zip(cuts, chunk, strict=True)],
-            1,
+
+@dataclass(frozen=True)
+class SuffixChunk:
+    """One packed suffix pass: its positions, mask and readout rows, on the device."""
+
+    count: int
+    positions: torch.Tensor
+    mask: torch.Tensor
+    readout: torch.Tensor
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    """The context's positions and every suffix chunk of one layout, on the device."""
+
+    context_positions: torch.Tensor
+    chunks: tuple[SuffixChunk, ...]
+
+
+class CachedScorer:
+    """Scores episodes with one context forward plus packed suffix passes; keeps plans per layout."""
+
+    def __init__(self, loaded: LoadedModel, suffix_chunk: int = 16) -> None:
+        self.loaded = loaded
+        self.suffix_chunk = suffix_chunk
+        self.plans: OrderedDict[Layout, ScoringPlan] = OrderedDict()
+        tokenizer = loaded.processor.tokenizer
+        self._video_token = tokenizer.convert_tokens_to_ids(loaded.processor.video_token)
+        self._vision_end = tokenizer.convert_tokens_to_ids("<|vision_end|>")
+
+    def _plan(self, layout: Layout, tokens: dict[str, Any]) -> ScoringPlan:
+        plan = self.plans.get(layout)
+        if plan is not None:
+            self.plans.move_to_end(layout)
+            return plan
+        model, device, context_len = self.loaded.model, self.loaded.device, tokens["context_len"]
+        suffix_len = tokens["input_ids"].shape[1] - 1 - context_len
+        full_positions, _ = model.model.get_rope_index(
+            tokens["input_ids"],
+            tokens["mm_token_type_ids"],
+            video_grid_thw=tokens["video_grid_thw"],
+            **_rope_extra(tokens),
         )
-        mask = packed_suffix_mask(cuts, context_len, suffix_len, loaded.dtype)
-        readout = torch.tensor([i * suffix_len + suffix_len - 1 for i in range(len(chunk))])
-        out = model(
-            input_ids=suffix_ids.repeat(len(chunk))[None].to(device),
-            position_ids=positions[:, None].to(device),
-            attention_mask=mask.to(device),
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=readout.to(device),
+        chunks = []
+        for start in range(0, len(layout.cuts), self.suffix_chunk):
+            cuts = list(layout.cuts[start : start + self.suffix_chunk])
+            blocks = layout.blocks[start : start + self.suffix_chunk]
+            positions = torch.cat(
+                [suffix_positions(model, tokens, cut, b) for cut, b in zip(cuts, blocks, strict=True)], 1
+            )
+            chunks.append(
+                SuffixChunk(
+                    count=len(cuts),
+                    positions=positions[:, None].to(device),
+                    mask=packed_suffix_mask(cuts, context_len, suffix_len, self.loaded.dtype).to(device),
+                    readout=torch.tensor([(i + 1) * suffix_len - 1 for i in range(len(cuts))], device=device),
+                )
+            )
+        plan = ScoringPlan(full_positions[:, :, :context_len].to(device), tuple(chunks))
+        self.plans[layout] = plan
+        if len(self.plans) > PLAN_CACHE_SIZE:
+            self.plans.popitem(last=False)
+        return plan
+
+    def _tokens(self, prompt: str, clip: EpisodeClip) -> tuple[dict[str, Any], Layout]:
+        tokens: dict[str, Any] = encode_prompt_tokens(self.loaded.processor, prompt, clip)
+        num_blocks = int(tokens["video_grid_thw"][0, 0])
+        ends = block_ends(tokens["input_ids"], self._video_token, self._vision_end, num_blocks)
+        tokens["context_len"] = int(ends[-1])
+        blocks = tuple(int(end) // TEMPORAL_BLOCK for end in clip.prefix_ends)
+        layout = Layout(
+            token_types=tokens["mm_token_type_ids"].numpy().tobytes(),
+            grid=tuple(tokens["video_grid_thw"][0].tolist()),
+            second_per_grid=tuple(_rope_extra(tokens).get("second_per_grid_ts", torch.zeros(0)).tolist()),
+            cuts=tuple(int(ends[b - 1]) for b in blocks),
+            blocks=blocks,
         )
-        # Drop the suffix keys/values so the cache holds the context alone for the next chunk.
-        cache.crop(-len(chunk) * suffix_len)
-        logp = torch.log_softmax(out.logits[0].float(), dim=-1)
-        true_lp.append(logp[:, target_id].cpu().numpy())
-        false_lp.append(logp[:, false_id].cpu().numpy())
-    return np.concatenate(true_lp).astype(np.float64), np.concatenate(false_lp).astype(np.float64)
+        return tokens, layout
+
+    def _frames_to_device(self, frames: np.ndarray) -> torch.Tensor:
+        host = torch.from_numpy(np.ascontiguousarray(frames))
+        if self.loaded.device.type == "cuda":
+            # Page-locked memory lets the copy run asynchronously with the host's next steps.
+            return host.pin_memory().to(self.loaded.device, non_blocking=True)
+        return host
+
+    @torch.inference_mode()
+    def __call__(
+        self, prompt: str, clip: EpisodeClip, false_id: int, clock: StageClock | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """log P(answer) and log P(false answer) for every prefix, from one context forward.
+
+        Args:
+            prompt: the full prompt ending in the scored answer token.
+            clip: the episode's sampled frames, raw indices, timing and prefix ends.
+            false_id: token id of the companion answer.
+            clock: records the time of each stage (benchmarks); None in the pipeline.
+        """
+        model, device = self.loaded.model, self.loaded.device
+        with _stage(clock, "tokens and layout"):
+            tokens, layout = self._tokens(prompt, clip)
+            context_len = tokens["context_len"]
+            target_id = int(tokens["input_ids"][0, -1])
+        with _stage(clock, "plan (positions, masks)"):
+            plan = self._plan(layout, tokens)
+        with _stage(clock, "host to device"):
+            frames = self._frames_to_device(clip.frames)
+            ids = tokens["input_ids"][0].to(device, non_blocking=True)
+            grid = tokens["video_grid_thw"].to(device)
+            extra = {k: v.to(device) for k, v in _rope_extra(tokens).items()}
+        with _stage(clock, "pixels (patchify, normalise)"):
+            pixels = video_pixels(self.loaded.processor.video_processor, frames)
+        with _stage(clock, "context forward"):
+            cache = model(
+                input_ids=ids[None, :context_len],
+                position_ids=plan.context_positions,
+                pixel_values_videos=pixels,
+                video_grid_thw=grid,
+                **extra,
+                use_cache=True,
+                logits_to_keep=1,
+            ).cache
+        suffix_ids = ids[context_len:-1]
+        picked = []
+        for chunk in plan.chunks:
+            with _stage(clock, "suffix forward"):
+                logits = model(
+                    input_ids=suffix_ids.repeat(chunk.count)[None],
+                    position_ids=chunk.positions,
+                    attention_mask=chunk.mask,
+                    cache=cache,
+                    use_cache=True,
+                    logits_to_keep=chunk.readout,
+                ).logits
+                # Drop the suffix keys/values so the cache holds the context alone for the next chunk.
+                cache.crop(-chunk.count * len(suffix_ids))
+            with _stage(clock, "log-softmax and readout"):
+                logp = torch.log_softmax(logits[0].float(), dim=-1)
+                picked.append(logp[:, [target_id, false_id]])
+        with _stage(clock, "log-softmax and readout"):
+            # One device-to-host copy per episode: the only point the host waits for the device.
+            scores = torch.cat(picked).double().cpu().numpy()
+        return scores[:, 0], scores[:, 1]

@@ -8,7 +8,7 @@ from functools import lru_cache
 import numpy as np
 
 from pipeline.config import ModelConfig, ScoringConfig
-from pipeline.scoring.cached import cached_scores
+from pipeline.scoring.cached import CachedScorer, StageClock
 from pipeline.scoring.inputs import EpisodeClip
 from pipeline.scoring.model import load_model
 from pipeline.scoring.prompt import build_prompt, check_answer_token, false_token_id
@@ -31,6 +31,7 @@ class PrefixScorer:
         self.scoring = scoring
         self.loaded = load_model(model)
         self.false_id = false_token_id(self.loaded.processor, scoring)
+        self.cached = CachedScorer(self.loaded, scoring.suffix_chunk)
         self._prompt = lru_cache(maxsize=256)(self._build_prompt)
 
     def _build_prompt(self, instruction: str) -> str:
@@ -39,7 +40,7 @@ class PrefixScorer:
         check_answer_token(self.loaded.processor, last, self.scoring)
         return prompt
 
-    def score(self, clip: EpisodeClip, instruction: str) -> PrefixScores:
+    def score(self, clip: EpisodeClip, instruction: str, clock: StageClock | None = None) -> PrefixScores:
         """Score every prefix of one episode: one context forward plus batched suffix passes.
 
         Args:
@@ -47,10 +48,9 @@ class PrefixScorer:
                 grid, their raw indices (real timestamps), the raw fps and length, and the prefix ends
                 (even sampled-frame counts, ascending, the last equal to N).
             instruction: the task text.
+            clock: records the time of each scoring stage (benchmarks); None in the pipeline.
         """
-        true_lp, false_lp = cached_scores(
-            self.loaded, self._prompt(instruction), clip, self.false_id, self.scoring.suffix_chunk
-        )
+        true_lp, false_lp = self.cached(self._prompt(instruction), clip, self.false_id, clock)
         return PrefixScores(true_lp, false_lp)
 
     def score_reference(self, clip: EpisodeClip, instruction: str) -> PrefixScores:

@@ -14,6 +14,7 @@ import os
 from datetime import UTC, datetime
 
 import numpy as np
+import ray
 import torch
 
 from pipeline.config import ModelConfig, ScoringConfig
@@ -40,9 +41,15 @@ class ScoreEpisodes:
     def __init__(self, model: ModelConfig, scoring: ScoringConfig, threads: int | None = None) -> None:
         self.scorer = PrefixScorer(model, scoring)
         self.model_name = model.path
-        if self.scorer.loaded.device.type == "cpu":
+        loaded = self.scorer.loaded
+        if loaded.device.type == "cpu":
             # Ray sets OMP_NUM_THREADS=1 for fractional-CPU actors; CPU scoring wants the node's cores.
             torch.set_num_threads(threads or os.cpu_count() or 1)
+        # get_runtime_context() would start a Ray of its own when called outside one.
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "none"
+        log.info(
+            "scorer actor ready: %s on %s %s, Ray node %s", model.path, loaded.device, loaded.dtype, node
+        )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Score each row of a numpy batch; failures go on the row."""

@@ -1,0 +1,113 @@
+"""Ray nodes started with ``ray start`` on 127.0.0.1 for the job tests, each stopped with its process tree.
+
+Every node gets its own ports and the head its own temp dir, so these clusters never collide with the
+session fixture's Ray or with each other. Nodes run with ``--block`` and are stopped by terminating their
+process tree: ``ray stop`` would also stop every other Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from devkit.local_s3 import free_port
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+@dataclass(frozen=True)
+class Head:
+    """A running head node: its GCS address (for ``ray start --address``), dashboard (jobs) and env."""
+
+    gcs: str
+    dashboard: str
+    env: dict[str, str]
+
+
+def stop_tree(process: subprocess.Popen) -> None:
+    """Stop a node and everything it started."""
+    try:
+        family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in family:
+        proc.terminate()
+    _, alive = psutil.wait_procs(family, timeout=15)
+    for proc in alive:
+        proc.kill()
+    process.wait(timeout=10)
+
+
+def _own_ports() -> list[str]:
+    # Another Ray on this machine (the session fixture's, another test's) holds the default ports.
+    return [
+        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+        f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}",
+    ]  # fmt: skip
+
+
+def _wait(check: list[str], env: dict[str, str], node: subprocess.Popen, what: str, ok=None) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        result = subprocess.run(check, env=env, capture_output=True, text=True)
+        if result.returncode == 0 and (ok is None or ok(result.stdout)):
+            return
+        assert node.poll() is None, f"{what}: ray start exited"
+        assert time.monotonic() < deadline, f"{what} did not come up"
+        time.sleep(2)
+
+
+@contextmanager
+def ray_head(num_cpus: int) -> Iterator[Head]:
+    """``ray start --head`` on 127.0.0.1 with its own ports and temp dir, stopped on exit."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    port, dashboard = free_port(), free_port()
+    # Short path: Ray's unix socket paths under the temp dir must stay below ~107 characters.
+    temp_dir = tempfile.mkdtemp(prefix="rj", dir="/tmp")
+    head = subprocess.Popen(
+        [RAY, "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--num-cpus={num_cpus}",
+         f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
+         *_own_ports()],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        _wait([RAY, "job", "list", "--address", address], env, head, "ray head")
+        yield Head(gcs=f"127.0.0.1:{port}", dashboard=address, env=env)
+    finally:
+        stop_tree(head)
+        subprocess.run(["rm", "-rf", temp_dir], check=False)
+
+
+@contextmanager
+def ray_worker(head: Head, num_cpus: int, resources: dict[str, float]) -> Iterator[None]:
+    """``ray start --address=<head>`` on 127.0.0.1 with custom ``resources``; up once the head sees them."""
+    worker = subprocess.Popen(
+        [RAY, "start", "--block", f"--address={head.gcs}", "--node-ip-address=127.0.0.1",
+         f"--num-cpus={num_cpus}", f"--resources={json.dumps(resources)}", "--disable-usage-stats",
+         *_own_ports()],
+        env=head.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait(
+            [RAY, "status", f"--address={head.gcs}"],
+            head.env,
+            worker,
+            "ray worker node",
+            ok=lambda status: all(name in status for name in resources),
+        )
+        yield
+    finally:
+        stop_tree(worker)
