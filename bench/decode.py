@@ -26,11 +26,11 @@ from pathlib import Path
 import av
 import numpy as np
 
+from devkit.synth import DEFAULT_CAMERAS, write_v30_dataset
 from pipeline.catalog import list_episodes
 from pipeline.config import FramesConfig, PrefixesConfig, SourceConfig
 from pipeline.frames.decode import INTERPOLATION, decode_episode
 from pipeline.storage import filesystem_for, upload_dataset
-from devkit.synth import DEFAULT_CAMERAS, write_v30_dataset
 
 BUCKET = "bench"
 

@@ -276,10 +276,19 @@ def load_config(overrides: list[str] | None = None, yaml_path: str | Path | None
         if not path.exists():
             raise ConfigError(f"config error: no such file {path}")
         files = [OmegaConf.load(path)]
+    cfg = structured_config(RelabelConfig, *files, OmegaConf.from_dotlist(list(overrides or [])))
+    _validate(cfg)
+    return cfg
+
+
+def structured_config[T](schema: type[T], *sources: Any) -> T:
+    """``schema`` filled from OmegaConf sources (YAML nodes, dotlists), checked against its types.
+
+    Raises:
+        ConfigError: one line naming the key that is unknown or has a value of the wrong type.
+    """
     try:
-        schema = OmegaConf.structured(RelabelConfig)
-        merged = OmegaConf.merge(schema, *files, OmegaConf.from_dotlist(list(overrides or [])))
-        cfg = OmegaConf.to_object(merged)
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), *sources))
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
         reason = str(err).splitlines()[0]
@@ -288,8 +297,6 @@ def load_config(overrides: list[str] | None = None, yaml_path: str | Path | None
         ) from None
     except ValueError as err:
         raise ConfigError(f"config error: {err}") from None
-    _validate(cfg)
-    return cfg
 
 
 def config_hash(cfg: RelabelConfig) -> str:

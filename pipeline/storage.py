@@ -130,8 +130,14 @@ def normalize_uri(uri: str) -> str:
 
 
 def is_under(uri: str, base_uri: str) -> bool:
-    """Whether ``uri`` is ``base_uri`` itself or inside it, after normalisation (same protocol only)."""
-    uri, base = normalize_uri(uri), normalize_uri(base_uri)
+    """Whether ``uri`` is ``base_uri`` itself or inside it, after normalisation (same protocol only).
+
+    A URI that climbs above its bucket is inside nothing.
+    """
+    try:
+        uri, base = normalize_uri(uri), normalize_uri(base_uri)
+    except ValueError:
+        return False
     return uri == base or uri.startswith(base.rstrip("/") + "/")
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from devkit.synth import DEFAULT_CAMERAS, task_for_episode
 from pipeline.catalog import EpisodeRecord, dataset_id_for, list_episodes
 from pipeline.config import SourceConfig
 from pipeline.storage import filesystem_for
-from devkit.synth import DEFAULT_CAMERAS, task_for_episode
 from tests.conftest import BUCKET, S3_SECRET, SYNTH_FPS, SYNTH_LENGTHS
 
 FRONT, WRIST = DEFAULT_CAMERAS

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from devkit.synth import frame_code, write_v21_dataset, write_v30_dataset
 from pipeline.catalog import list_episodes
 from pipeline.config import FramesConfig, PrefixesConfig, SourceConfig
 from pipeline.errors import EpisodeError
 from pipeline.frames.decode import decode_episode, decode_frames, empty_frame_columns
 from pipeline.frames.schedule import episode_schedule
 from pipeline.storage import upload_dataset
-from devkit.synth import frame_code, write_v21_dataset, write_v30_dataset
 from tests.conftest import BUCKET, S3_SECRET, SYNTH_FPS, SYNTH_LENGTHS
 
 FRAMES = FramesConfig(fps=4.0, max_frames=64, height=48, width=80)

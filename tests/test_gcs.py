@@ -3,41 +3,20 @@ run skips everything, and the outputs equal a local run of the same config."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gcsfs
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import load_config
 from pipeline.publish import CURATED_DIR, EPISODES_FILE, PROGRESS_FILE
 from pipeline.relabel import run
 from pipeline.storage import upload_dataset
-from tests.conftest import BUCKET, SYNTH_LENGTHS
+from tests.conftest import BUCKET, SYNTH_LENGTHS, relabel_config
 
 pytestmark = pytest.mark.slow
 
 # Columns that say when or where (the source URI, and the fingerprint that digests it), not what was scored.
 WHEN_OR_WHERE = {"scored_at", "video_uri", "fingerprint"}
-
-
-def _config(source: str, output: str, model_dir: Path, options: dict):
-    storage = "{" + ", ".join(f"{k}: '{v}'" for k, v in options.items()) + "}"
-    return load_config(
-        [
-            f"source.uris=[{source}]",
-            f"source.storage_options={storage}",
-            f"output.uri={output}",
-            f"output.storage_options={storage}",
-            f"model.path={model_dir}",
-            "frames.height=64",
-            "frames.width=64",
-            "frames.max_frames=8",
-            "prefixes.num=4",
-            "success.threshold=-1000",
-        ]
-    )
 
 
 def _table(fs, path: str) -> pa.Table:
@@ -56,7 +35,7 @@ def test_relabel_gs_to_gs_equals_local(ray_session, gcs_options, synth_dir, tiny
     for version in ("v30", "v21"):
         upload_dataset(synth_dir / version, fs, f"{source}/{version}")
     output = f"gs://{BUCKET}/labels"
-    cfg = _config(source, output, tiny_model_dir, gcs_options)
+    cfg = relabel_config(source, output, tiny_model_dir, gcs_options)
 
     first = run(cfg)
     ids = sorted(first.datasets)
@@ -69,7 +48,7 @@ def test_relabel_gs_to_gs_equals_local(ray_session, gcs_options, synth_dir, tiny
         assert (dataset.scored, dataset.skipped, dataset.failed) == (0, len(SYNTH_LENGTHS), 0)
 
     local_out = tmp_path / "local"
-    local = run(_config(str(synth_dir), str(local_out), tiny_model_dir, {}))
+    local = run(relabel_config(str(synth_dir), str(local_out), tiny_model_dir, {}))
     assert sorted(local.datasets) == ids
     for dataset_id in ids:
         remote_base = f"{BUCKET}/labels/{dataset_id}"

@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
-from pipeline.config import ConfigError, RelabelConfig, load_config
+from pipeline.config import RelabelConfig, load_config, structured_config
 
 
 @dataclass(frozen=True)
@@ -51,16 +50,7 @@ def load_job_config[JobT](overrides: list[str], schema: type[JobT]) -> tuple[Rel
     own_keys = {f.name for f in fields(schema)}
     own = [item for item in overrides if item.split("=", 1)[0].split(".", 1)[0] in own_keys]
     cfg = load_config([item for item in overrides if item not in own])
-    try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(own))
-        job = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
-        key = getattr(err, "full_key", None)
-        reason = str(err).splitlines()[0]
-        raise ConfigError(
-            f"config error at '{key}': {reason}" if key else f"config error: {reason}"
-        ) from None
-    return cfg, job
+    return cfg, structured_config(schema, OmegaConf.from_dotlist(own))
 
 
 def threshold_origin(overrides: list[str]) -> str:
