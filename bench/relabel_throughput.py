@@ -190,9 +190,7 @@ def _compare(args: argparse.Namespace, model: Path, endpoint: str, fs: object) -
     print(f"Ray worker peak RSS MiB: N {rays[n1][2]:.0f}, 2N {rays[n2][2]:.0f} (target: flat)")
 
 
-def _compare_batch_sizes(
-    batch_sizes: list[int], config: Callable[[int, str], RelabelConfig], n: int
-) -> None:
+def _compare_batch_sizes(batch_sizes: list[int], config: Callable[[int, str], RelabelConfig], n: int) -> None:
     """Steady-state episodes/s of the Ray graph for each scorer batch size, on the same N episodes."""
     ray_run(config(n, "warm-batch"))
     rates = {}

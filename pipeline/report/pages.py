@@ -192,7 +192,7 @@ def dataset_page(
         f"<tr><td>{len(rows)}</td><td>{len(ok)}</td><td>{len(failed)}</td><td>{successes}</td>"
         f"<td>{'none published' if curated is None else curated}</td></tr></table>",
         f"<p id='threshold'>Success threshold <b>{threshold:g}</b>: {html.escape(threshold_origin)}. "
-        f"An episode succeeds when its success score (mean raw log P(\"True\") over the last "
+        f'An episode succeeds when its success score (mean raw log P("True") over the last '
         f"{cfg.success.window} prefixes) is above it.</p>",
     ]
     if changed:
