@@ -36,6 +36,9 @@ def test_relabel_under_ray_job_submit(ray_head, synth_dir, tiny_model_dir, tmp_p
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "succeeded" in result.stdout + result.stderr
     assert "scored" in result.stdout  # the job's summary table reaches the submitter
+    # The pipeline's own INFO lines reach the job log too (job.log_level), and the run leaves its record.
+    assert "INFO pipeline.catalog: catalog: 4 episode rows" in result.stdout + result.stderr
+    assert len(list((output / "_runs").glob("*.json"))) == 1
     dataset_dir = next(output.glob("*/v30"))
     episodes = pq.read_table(dataset_dir / "episodes.parquet").to_pylist()
     assert len(episodes) == 4 and all(e["status"] == "ok" for e in episodes)
