@@ -509,15 +509,6 @@ def _episode_stats(
     return {**kept, **recomputed}
 
 
-def _episode_stats(
-    episode: _Episode, rows: pa.Table, features: dict[str, dict]
-) -> dict[str, dict[str, np.ndarray]]:
-    # Only the re-indexed columns changed; every other feature (videos included) keeps its source stats.
-    kept = {key: value for key, value in episode.stats.items() if key in features}
-    recomputed = compute_episode_stats({key: rows[key].to_numpy() for key in _REINDEXED}, features)
-    return {**kept, **recomputed}
-
-
 @dataclass(frozen=True)
 class _Placed:
     """One episode of the curated dataset: where it came from and where it sits now."""
