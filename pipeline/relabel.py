@@ -167,18 +167,22 @@ def build_dataset(rows: list[dict[str, Any]], cfg: RelabelConfig, chash: str) ->
     )
 
 
+State = dict[tuple[int, str], CommittedEpisode]
+
+
 def _plan(
     records: list[EpisodeRecord], cfg: RelabelConfig, chash: str, summaries: dict[str, DatasetSummary]
-) -> tuple[list[dict[str, Any]], dict[str, str]]:
+) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, State]]:
     """Which episodes to score in this run; fills the per-dataset skip and give-up counts.
 
     An episode is skipped when an ``ok`` result is committed for its current fingerprint, given up on
     when its current fingerprint has failed ``retry.max_attempts`` times, and scored otherwise (with
-    its attempt number). Returns the pending rows and the root of every dataset that was listed.
+    its attempt number). Returns the pending rows, the root of every dataset that was listed, and the
+    committed state each decision was read from.
     """
     pending: list[dict[str, Any]] = []
     roots: dict[str, str] = {}
-    states: dict[str, dict[tuple[int, str], CommittedEpisode]] = {}
+    states: dict[str, State] = {}
     for record in records:
         summary = summaries.setdefault(record.dataset_id, DatasetSummary(record.dataset_id))
         if record.episode_index < 0:
@@ -202,16 +206,23 @@ def _plan(
             row.pop("tasks")
             row["attempt"] = (entry.attempts if entry else 0) + 1
             pending.append(row)
-    return pending, roots
+    return pending, roots, states
 
 
 def _publish_jobs(
-    records: list[EpisodeRecord], roots: dict[str, str], cfg: RelabelConfig, chash: str
+    records: list[EpisodeRecord],
+    roots: dict[str, str],
+    states: dict[str, State],
+    scored: set[str],
+    cfg: RelabelConfig,
+    chash: str,
 ) -> list[PublishJob]:
     """Per listed dataset, the committed result of each episode it has now, for its current fingerprint.
 
     Episodes gone from the source and results for an old fingerprint are left out, so the published
-    files never show stale labels.
+    files never show stale labels. Only the datasets this run wrote to (``scored``) have their markers
+    read again; the others reuse the state the plan read, so a night with nothing new costs no more
+    reads than planning did.
     """
     fingerprints: dict[str, list[tuple[int, str]]] = {}
     for record in records:
@@ -222,7 +233,11 @@ def _publish_jobs(
     jobs = []
     for dataset_id, root in roots.items():
         folder = state_uri(cfg.output.uri, chash, dataset_id)
-        state = committed_state(folder, cfg.output.storage_options)
+        state = (
+            committed_state(folder, cfg.output.storage_options)
+            if dataset_id in scored
+            else states[dataset_id]
+        )
         current = tuple(state[key] for key in fingerprints.get(dataset_id, []) if key in state)
         if current:
             jobs.append(PublishJob(dataset_id, root, folder, current))
@@ -251,7 +266,7 @@ def run(cfg: RelabelConfig) -> RunSummary:
     summaries: dict[str, DatasetSummary] = {}
     try:
         records = list_episodes(cfg.source)
-        pending, roots = _plan(records, cfg, chash, summaries)
+        pending, roots, states = _plan(records, cfg, chash, summaries)
         log.info(
             "relabel: run %s, %d episodes listed, %d pending, config %s",
             record.run_id, len(records), len(pending), chash,
@@ -267,7 +282,8 @@ def run(cfg: RelabelConfig) -> RunSummary:
                     summary.failed += 1
                     summary.errors.append(f"{result['error']} [attempt {result['attempt']}]")
         # Only datasets whose inputs changed since their last publish are written, one Ray task each.
-        jobs = _publish_jobs(records, roots, cfg, chash)
+        scored = {row["dataset_id"] for row in pending}
+        jobs = _publish_jobs(records, roots, states, scored, cfg, chash)
         for outcome in publish_all(jobs, cfg, connect=lambda: connect_ray(cfg)):
             summaries[outcome.dataset_id].publish = outcome
     except BaseException as err:
