@@ -20,7 +20,7 @@ from importlib import metadata
 from typing import Any
 
 from pipeline.atomic import write_bytes
-from pipeline.storage import OUTPUT_MARKER, ensure_under, filesystem_for, join_uri
+from pipeline.storage import OUTPUT_MARKER, ensure_under, join_uri, read_json_files
 
 RUNS_DIR = "_runs"
 _MARKER_BYTES = json.dumps({"written_by": "topreward-pipeline", "role": "outputs, not a source"}).encode()
@@ -108,13 +108,5 @@ class RunRecord:
 
 
 def read_run_records(output_uri: str, storage_options: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every run record under ``output_uri``, oldest first."""
-    fs, path = filesystem_for(join_uri(output_uri, RUNS_DIR), storage_options)
-    fs.invalidate_cache(path)
-    if not fs.exists(path):
-        return []
-    records = []
-    for file in sorted(fs.glob(f"{path}/*.json")):
-        with fs.open(file, "r") as f:
-            records.append(json.load(f))
-    return records
+    """Every run record under ``output_uri``, oldest first (run ids sort by start time)."""
+    return read_json_files(join_uri(output_uri, RUNS_DIR), "*.json", storage_options)

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import filesystem_for, join_uri, redact
+from pipeline.storage import filesystem_for, join_uri, read_json_files, redact
 
 log = logging.getLogger(__name__)
 
@@ -194,15 +194,7 @@ def write_shards(
 
 def _markers(folder_uri: str, storage_options: dict[str, Any]) -> list[dict[str, Any]]:
     """Every marker in a state folder, oldest commit first."""
-    fs, folder = filesystem_for(folder_uri, storage_options)
-    # Filesystem instances are shared per process; another run in it may have listed this folder before.
-    fs.invalidate_cache(folder)
-    if not fs.exists(folder):
-        return []
-    found = []
-    for path in sorted(fs.glob(f"{folder}/*{MARKER_SUFFIX}")):
-        with fs.open(path, "r") as f:
-            found.append(json.load(f))
+    found = read_json_files(folder_uri, f"*{MARKER_SUFFIX}", storage_options)
     return sorted(found, key=lambda marker: marker["committed_at"])
 
 

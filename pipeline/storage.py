@@ -7,6 +7,7 @@ for text built from third-party exceptions.
 
 from __future__ import annotations
 
+import json
 import posixpath
 from collections.abc import Mapping
 from pathlib import Path
@@ -182,3 +183,20 @@ def with_storage_retries(cfg: Any) -> Any:
         storage_options=storage_retry_options(cfg.output.uri, cfg.output.storage_options, attempts),
     )
     return replace(cfg, source=source, output=output)
+
+
+def read_json_files(folder_uri: str, pattern: str, storage_options: Mapping[str, Any]) -> list[Any]:
+    """The parsed JSON files matching ``pattern`` directly in a folder, by name; ``[]`` if it is absent.
+
+    The listing cache is dropped first: fsspec shares filesystem instances per process, and another run
+    in the same process may have listed this folder before.
+    """
+    fs, folder = filesystem_for(folder_uri, storage_options)
+    fs.invalidate_cache(folder)
+    if not fs.exists(folder):
+        return []
+    found = []
+    for path in sorted(fs.glob(f"{folder}/{pattern}")):
+        with fs.open(path, "r") as f:
+            found.append(json.load(f))
+    return found
