@@ -6,28 +6,71 @@ LeRobot's trainer reads ``--dataset.root`` and ``--sample_weighting.progress_pat
     python -m jobs.pull s3://fleet-labels/topreward/so100/pick_cube data/pick_cube \\
         output.storage_options='{endpoint_url: http://127.0.0.1:9000}'
 
-The folder gets the dataset's files as they are under the URI (``topreward_progress.parquet``,
-``episodes.parquet``, ``curated/``). Storage options use the same ``key=value`` syntax and the same key
-as ``jobs.relabel`` (``output.storage_options``); credentials otherwise come from the backend's usual
-environment and config.
+The folder gets the dataset's files (``topreward_progress.parquet``, ``episodes.parquet``) and, as
+``curated/``, the curated version the pointer names when the pull starts (``pipeline.versions``): its
+``meta/info.json`` first, so every file that info names is already published. A ``curated/`` pulled
+earlier is replaced in one rename, or removed when no episode is selected any more. Storage options use
+the same ``key=value`` syntax and the same key as ``jobs.relabel`` (``output.storage_options``);
+credentials otherwise come from the backend's usual environment and config.
 """
 
 from __future__ import annotations
 
 import argparse
 import posixpath
+import shutil
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from lerobot.datasets.utils import INFO_PATH
+
 from pipeline.config import ConfigError, load_config
 from pipeline.publish import CURATED_DIR, EPISODES_FILE, PROGRESS_FILE
-from pipeline.storage import filesystem_for, redact
+from pipeline.storage import filesystem_for, join_uri, redact
+from pipeline.versions import resolve_curated
+
+
+def _pull_curated(uri: str, dest: Path, storage_options: Mapping[str, Any] | None) -> list[Path]:
+    """The current curated version into ``dest`` (replaced in one rename); removes it when there is none."""
+    root = resolve_curated(join_uri(uri, CURATED_DIR), storage_options)
+    if root is None:
+        if dest.exists():
+            shutil.rmtree(dest)
+        return []
+    fs, remote = filesystem_for(root, storage_options)
+    remote = remote.rstrip("/")
+    info = posixpath.join(remote, INFO_PATH)
+    staging = Path(tempfile.mkdtemp(prefix=".curated-", dir=dest.parent))
+    try:
+        # info.json before the listing: every file it names is then listed; files appended after it are
+        # listed too, and LeRobot ignores them (they lie past info.json's totals).
+        (staging / INFO_PATH).parent.mkdir(parents=True)
+        fs.get_file(info, str(staging / INFO_PATH))
+        fs.invalidate_cache(remote)
+        files = sorted(path for path in fs.find(remote) if path != info)
+        local = [staging / posixpath.relpath(path, remote) for path in files]
+        for folder in {p.parent for p in local}:
+            folder.mkdir(parents=True, exist_ok=True)
+        fs.get(files, [str(p) for p in local])
+        if dest.exists():
+            old = staging.with_name(staging.name + "-old")
+            dest.rename(old)
+            staging.rename(dest)
+            shutil.rmtree(old)
+        else:
+            staging.rename(dest)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    local.append(staging / INFO_PATH)
+    return [dest / path.relative_to(staging) for path in local]
 
 
 def pull(uri: str, dest: str | Path, storage_options: Mapping[str, Any] | None = None) -> list[Path]:
-    """Copy every file under ``uri`` to the same relative path under ``dest``.
+    """Copy a dataset's published files and its current curated version under ``dest``.
 
     Args:
         uri: a dataset's output folder, e.g. ``s3://labels/topreward/so100/pick_cube``.
@@ -38,20 +81,22 @@ def pull(uri: str, dest: str | Path, storage_options: Mapping[str, Any] | None =
         The local files written, sorted.
 
     Raises:
-        FileNotFoundError: nothing is stored under ``uri``.
+        FileNotFoundError: nothing is published under ``uri``.
     """
     fs, root = filesystem_for(uri, storage_options)
     root = root.rstrip("/")
     # A fresh listing: an earlier run in this process may have cached a listing from before the upload.
     fs.invalidate_cache(root)
-    remote = sorted(fs.find(root))
+    if not fs.exists(root):
+        raise FileNotFoundError(f"no files under {uri}")
+    remote = sorted(entry["name"] for entry in fs.ls(root, detail=True) if entry["type"] == "file")
     if not remote:
         raise FileNotFoundError(f"no files under {uri}")
-    local = [Path(dest) / posixpath.relpath(path, root) for path in remote]
-    for path in {p.parent for p in local}:
-        path.mkdir(parents=True, exist_ok=True)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    local = [dest / posixpath.basename(path) for path in remote]
     fs.get(remote, [str(p) for p in local])
-    return local
+    return sorted(local + _pull_curated(uri, dest / CURATED_DIR, storage_options))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -154,6 +154,9 @@ class PublishConfig:
     num_cpus: float = 1.0
     max_parallel: int = 0
     temp_dir: str | None = None
+    # Readers resolve the curated pointer once and may read the version it named for hours (training):
+    # a version the pointer stopped naming is removed by the first publish at least this much later.
+    keep_superseded_s: float = 86400.0
 
 
 @dataclass(frozen=True)
@@ -246,6 +249,7 @@ def _validate(cfg: RelabelConfig) -> None:
         ("source.block_size", cfg.source.block_size >= 4096, "must be >= 4096 bytes"),
         ("publish.num_cpus", cfg.publish.num_cpus > 0, "must be > 0"),
         ("publish.max_parallel", cfg.publish.max_parallel >= 0, "must be >= 0 (0 = as many as fit)"),
+        ("publish.keep_superseded_s", cfg.publish.keep_superseded_s >= 0, "must be >= 0 (0 = next publish)"),
     ]
     for key, ok, requirement in checks:
         if not ok:

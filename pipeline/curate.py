@@ -15,13 +15,14 @@ and ``LeRobotDataset(repo_id, root=...)`` opens it as is at every moment:
 * each episode row records its source episode and fingerprint (``topreward/*`` columns), which is how a
   later run knows what the published dataset holds.
 
-Publishing protocol (``docs/publishing.md``): newly selected episodes are **appended** as new data, video
-and episodes files with fresh file indices, then ``tasks.parquet``, ``stats.json``, the progress file,
-and ``info.json`` last. Published files are never modified, so a reader that read the previous
-``info.json`` sees exactly the previous dataset (lerobot takes its length from ``info.json`` and new
-files sort after the old ones). A selection that drops or changes an episode **rebuilds** under fresh
-file indices and swaps the globbed files in a short journaled step. Files no longer referenced are
-removed at the start of the next publish, once no reader opened before the swap can still need them.
+Publishing protocol (``docs/publishing.md``): ``dest_uri`` holds versions of the dataset behind a
+one-file pointer (``pipeline.versions``). Newly selected episodes are **appended** to the current version
+as new data, video and episodes files with fresh file indices, then ``tasks.parquet``, ``stats.json``, the
+progress file, and ``info.json`` last. Published files are never modified, so a reader that read the
+previous ``info.json`` sees exactly the previous dataset (lerobot takes its length from ``info.json`` and
+new files sort after the old ones). A selection that drops or changes an episode is **rebuilt** as a new
+version folder, complete before the pointer names it. Superseded versions and files of a publish cut
+short are removed by a later publish, once no reader that resolved the pointer before can still need them.
 Temporary space is one open file per camera plus one data file: each file is uploaded when it closes.
 """
 
@@ -34,7 +35,7 @@ import posixpath
 import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ from lerobot.utils.utils import unflatten_dict
 
 from pipeline.atomic import parquet_bytes, put_file, remove, step, touching, write_bytes
 from pipeline.storage import ensure_under, filesystem_for, join_uri
+from pipeline.versions import POINTER_FILE, Pointer, pointer_age_s, read_pointer, version_number
 
 __all__ = ["PROGRESS_FILENAME", "CuratedSummary", "CurationError", "write_curated_dataset"]
 
@@ -78,9 +80,6 @@ _MB = 1024**2
 # Extra columns of the curated episodes index (lerobot ignores them): where each episode came from.
 SOURCE_EPISODE = "topreward/source_episode_index"
 SOURCE_FINGERPRINT = "topreward/source_fingerprint"
-# Written before a rebuild touches a globbed file, removed after its info.json: its presence means a
-# rebuild was cut short and is redone, with the same file indices, by the next publish.
-REBUILD_JOURNAL = ".topreward-rebuild.json"
 # Files that are replaced in place (one atomic step each) rather than added under fresh names.
 _SINGLE_FILES = (INFO_PATH, STATS_PATH, DEFAULT_TASKS_PATH, PROGRESS_FILENAME)
 
@@ -94,17 +93,19 @@ class CuratedSummary:
     """What :func:`write_curated_dataset` did.
 
     Attributes:
-        uri: The curated dataset's root (the ``dest_uri`` given).
-        episodes: Episodes the dataset holds now (0 when the selection is empty: nothing is there).
+        uri: The current version's root (what ``LeRobotDataset(repo_id, root=...)`` opens), None when the
+            selection is empty.
+        episodes: Episodes the dataset holds now.
         frames: Frames the dataset holds now.
         mode: ``"unchanged"``, ``"appended"``, ``"rebuilt"`` (new or changed dataset) or ``"removed"``.
         added: Episodes copied in this call.
         video_bytes: Bytes of video packets stream-copied in this call, over all cameras.
-        bytes_written: Bytes of every file written in this call (videos, data, metadata).
+        bytes_written: Bytes of every file written in this call (videos, data, metadata, pointer).
         video_bytes_written: Bytes of the mp4 files written in this call.
+        superseded: Superseded version folders still kept for readers that may be using them.
     """
 
-    uri: str
+    uri: str | None
     episodes: int
     frames: int
     mode: str = "unchanged"
@@ -112,6 +113,7 @@ class CuratedSummary:
     video_bytes: int = 0
     bytes_written: int = 0
     video_bytes_written: int = 0
+    superseded: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -554,22 +556,10 @@ class _Starts:
     videos: dict[str, _FileIndex]
     episodes_after: _FileIndex | None  # the last published episodes file; None: start at (0, 0)
 
-    def to_json(self) -> bytes:
-        """The journal form (sorted keys: equal plans, equal bytes)."""
-        return json.dumps(
-            {"data": self.data, "videos": self.videos, "episodes_after": self.episodes_after}, sort_keys=True
-        ).encode()
-
     @classmethod
-    def from_json(cls, data: bytes) -> _Starts:
-        """Reads :meth:`to_json`."""
-        raw = json.loads(data)
-        after = raw["episodes_after"]
-        return cls(
-            tuple(raw["data"]),
-            {key: tuple(value) for key, value in raw["videos"].items()},
-            tuple(after) if after else None,
-        )
+    def fresh(cls, cameras: list[str]) -> _Starts:
+        """The first files of a new version."""
+        return cls((0, 0), {key: (0, 0) for key in cameras}, None)
 
 
 @dataclass
@@ -642,14 +632,13 @@ def _is_data_file(relative: str) -> bool:
 
 
 class _Destination:
-    """The curated dataset's root: what is there, and the protocol's writes (each one atomic)."""
+    """One version's root: what is there, and the protocol's writes (each one atomic)."""
 
     def __init__(self, uri: str, storage_options: dict[str, Any] | None) -> None:
         self.uri, self.options = uri, dict(storage_options or {})
         self.fs, self.root = filesystem_for(uri, self.options)
         self.bytes_written = 0
         self.video_bytes_written = 0
-        self.uploaded: set[str] = set()
 
     def file_uri(self, relative: str) -> str:
         """The URI of a file of the dataset; refuses a path (e.g. from a source template) that escapes."""
@@ -700,7 +689,6 @@ class _Destination:
     def put(self, local: Path, relative: str) -> None:
         """Uploads a finished local file under a fresh name."""
         size = put_file(local, self.file_uri(relative), self.options, name="new-file")
-        self.uploaded.add(relative)
         self.bytes_written += size
         if relative.endswith(".mp4"):
             self.video_bytes_written += size
@@ -713,14 +701,67 @@ class _Destination:
         """Deletes files, one step each."""
         remove([self.file_uri(relative) for relative in sorted(relatives)], self.options, name=name)
 
-    def remove_all(self) -> None:
-        """Deletes the dataset: ``info.json`` first (so no reader opens a partial one), then the rest."""
-        files = self.files()
-        if INFO_PATH in files:
-            self.remove([INFO_PATH], name="remove")
+
+class _Versions:
+    """The curated folder: versions of the dataset behind the pointer (``pipeline.versions``)."""
+
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None) -> None:
+        self.uri, self.options = uri, dict(storage_options or {})
+        self.fs, self.root = filesystem_for(uri, self.options)
+        self.pointer = read_pointer(uri, self.options)
+        self.bytes_written = 0
+
+    @property
+    def current(self) -> str | None:
+        """The folder of the version the pointer names."""
+        return self.pointer.root if self.pointer else None
+
+    def version(self, folder: str) -> _Destination:
+        """One version's root."""
+        return _Destination(ensure_under(join_uri(self.uri, folder), self.uri), self.options)
+
+    def entries(self) -> dict[str, set[str]]:
+        """Every file under the folder, grouped by its first path segment (a version folder or a file)."""
+        self.fs.invalidate_cache(self.root)
         with touching(self.uri):
-            self.fs.rm(self.root, recursive=True)
-        step("remove", self.uri)
+            found = self.fs.find(self.root) if self.fs.exists(self.root) else []
+        grouped: dict[str, set[str]] = {}
+        for path in found:
+            top, _, rest = posixpath.relpath(path, self.root).partition("/")
+            grouped.setdefault(top, set()).add(rest)
+        return grouped
+
+    def clean(self, entries: dict[str, set[str]], keep_superseded_s: float) -> list[str]:
+        """Removes what no reader can reach any more; returns the superseded versions it still keeps.
+
+        Superseded versions (named by an earlier pointer) are removed once the pointer has named another
+        one for ``keep_superseded_s`` (readers resolve it once and may still be reading them); anything
+        else outside the current version (a version cut short before the pointer named it, a stray
+        temporary file, an older layout) is removed now.
+        """
+        last = self.pointer.version if self.pointer else 0
+        superseded, abandoned = [], []
+        for top in sorted(entries):
+            if top in (POINTER_FILE, self.current):
+                continue
+            number = version_number(top)
+            (superseded if number is not None and number <= last else abandoned).append(top)
+        if superseded and keep_superseded_s > 0 and pointer_age_s(self.uri, self.options) < keep_superseded_s:
+            kept, superseded = superseded, []
+        else:
+            kept = []
+        for top in superseded + abandoned:
+            uri = ensure_under(join_uri(self.uri, top), self.uri)
+            with touching(uri):
+                self.fs.rm(posixpath.join(self.root, top), recursive=True)
+            step("cleanup", uri)
+        return kept
+
+    def point_at(self, pointer: Pointer) -> None:
+        """Replaces the pointer in one step: from now on readers resolve to ``pointer.root``."""
+        uri = join_uri(self.uri, POINTER_FILE)
+        self.bytes_written += write_bytes(pointer.to_json(), uri, self.options, name="pointer")
+        self.pointer = pointer
 
 
 def _write_version(
@@ -732,12 +773,11 @@ def _write_version(
     starts: _Starts,
     progress: pa.Table | None,
     temp_dir: str | None,
-    swap: Callable[[], None] | None,
 ) -> tuple[list[_Placed], int]:
-    """Writes a new version of the dataset: ``base`` (None: empty) plus the ``new`` (episode, fingerprint)s.
+    """Writes the dataset ``base`` (None: empty) plus the ``new`` (episode, fingerprint)s into ``dest``.
 
-    New data, video and episodes files first (each uploaded when it closes), then ``swap`` (a rebuild
-    removes the files it replaces), then tasks, stats, progress, and ``info.json`` last.
+    New data, video and episodes files first (each uploaded when it closes), then tasks, stats, progress,
+    and ``info.json`` last.
 
     Returns:
         Every episode of the new version, and the video packet bytes copied.
@@ -825,8 +865,6 @@ def _write_version(
         for path in sorted((root / EPISODES_DIR).rglob("*.parquet")):
             upload(path)
         step("new-files", dest.uri)
-        if swap is not None:
-            swap()
         if (root / DEFAULT_TASKS_PATH).exists():
             dest.write((root / DEFAULT_TASKS_PATH).read_bytes(), DEFAULT_TASKS_PATH)
         dest.write(_stats_bytes(placed), STATS_PATH)
@@ -849,27 +887,29 @@ def write_curated_dataset(
     camera_keys: list[str] | None = None,
     fingerprints: dict[int, str] | None = None,
     temp_dir: str | None = None,
+    keep_superseded_s: float = 0.0,
 ) -> CuratedSummary:
-    """Makes the LeRobot v3.0 dataset at ``dest_uri`` hold exactly the chosen episodes, videos stream-copied.
+    """Makes the current version under ``dest_uri`` a LeRobot v3.0 dataset of exactly the chosen episodes.
 
     Episodes are numbered 0..n-1 and the global ``index`` runs from 0; tasks get their own
     ``meta/tasks.parquet``; every other column and all pixels are the source's. Each camera's episodes
     are packed into ``videos/<key>/chunk-XXX/file-XXX.mp4`` without re-encoding (files roll over at the
     source's ``video_files_size_in_mb``). What is already published is kept: episodes chosen since are
-    appended (in source order, after the published ones), and only a selection that drops an episode or
-    changes its fingerprint rebuilds the dataset. Calling it again with the same arguments writes nothing.
+    appended to the current version (in source order, after the published ones), and only a selection
+    that drops an episode or changes its fingerprint writes a new version. Calling it again with the same
+    arguments writes nothing. Open the result at ``summary.uri`` or ``pipeline.versions.resolve_curated``.
 
     Args:
         source_uri: Root of the source dataset: a local path or an fsspec URI such as ``s3://bucket/ds``.
             Codebase v3.0 (packed files) or v2.1 (one file per episode).
-        episodes: Source episode indices to keep; order and duplicates do not matter. Empty removes a
-            dataset published earlier and writes nothing.
-        dest_uri: Root of the curated dataset (local path or fsspec URI).
+        episodes: Source episode indices to keep; order and duplicates do not matter. Empty points the
+            pointer at no version.
+        dest_uri: The curated folder (its versions and their pointer; local path or fsspec URI).
         progress: Per-frame progress of the source (``index``, ``episode_index``, ``frame_index``,
             ``progress_sparse``, as LeRobot's RA-BC reads it). Its rows of the kept episodes, renumbered
             to the new ``index``/``episode_index`` and sorted by ``index``, are written to
-            ``<dest>/topreward_progress.parquet`` with the schema (and its metadata) unchanged. ``None``
-            writes no progress file.
+            ``<version>/topreward_progress.parquet`` with the schema (and its metadata) unchanged.
+            ``None`` writes no progress file.
         source_options: fsspec storage options for the source.
         dest_options: fsspec storage options for the destination.
         camera_keys: Video features to copy; ``None`` copies all. Others are left out of the new dataset.
@@ -877,6 +917,8 @@ def write_curated_dataset(
             another fingerprint is copied again (by a rebuild).
         temp_dir: Local folder for the files being written (one open file per camera and one data file
             at a time); ``None`` uses the system's.
+        keep_superseded_s: A superseded version is removed by the first call at least this long after
+            the pointer stopped naming it (0: the next call).
 
     Returns:
         What the dataset holds now and what this call wrote.
@@ -887,29 +929,35 @@ def write_curated_dataset(
         FileError: A file could not be read or written; the message names it.
     """
     wanted = [(ep, (fingerprints or {}).get(ep, "")) for ep in sorted(set(episodes))]
-    dest = _Destination(dest_uri, dest_options)
-    files = dest.files()
+    versions = _Versions(dest_uri, dest_options)
+    entries = versions.entries()
+    superseded = versions.clean(entries, keep_superseded_s)
+    current = versions.current
     if not wanted:
-        if files:
-            dest.remove_all()
-        return CuratedSummary(dest_uri, 0, 0, mode="removed" if files else "unchanged")
-    # A journal means a rebuild was cut short: it is redone with the file indices it recorded.
-    starts = _Starts.from_json(dest.read(REBUILD_JOURNAL)) if REBUILD_JOURNAL in files else None
-    committed = None if starts else dest.committed(files)
-    if committed is not None:
-        # Leftovers of a publish cut short, and files a rebuild superseded: no reader of this version
-        # reaches them (they are not referenced, and extra episodes files only add rows past its total).
-        keep = committed.referenced() | set(_SINGLE_FILES)
-        dest.remove(sorted(files - keep), name="cleanup")
-        published = [(p.source, p.fingerprint) for p in committed.placed()]
-        if set(published) <= set(wanted):
-            new = [entry for entry in wanted if entry not in set(published)]
-            return _append(source_uri, new, dest, committed, progress, source_options, camera_keys, temp_dir)
-        starts = committed.starts()
-    elif starts is None and files:
-        # No usable version (a first build cut short, or a layout this protocol did not write).
-        dest.remove(sorted(files), name="cleanup")
-    return _rebuild(source_uri, wanted, dest, starts, progress, source_options, camera_keys, temp_dir)
+        if current is None:
+            return CuratedSummary(None, 0, 0, superseded=tuple(superseded))
+        versions.point_at(Pointer(versions.pointer.version, None))
+        return CuratedSummary(
+            None, 0, 0, "removed", bytes_written=versions.bytes_written, superseded=(*superseded, current)
+        )
+    if current is not None:
+        dest = versions.version(current)
+        files = entries.get(current, set())
+        committed = dest.committed(files)
+        if committed is not None:
+            # Leftovers of an append cut short: no reader of this version reaches them (they are not
+            # referenced, and extra episodes files only add rows past its total).
+            keep = committed.referenced() | set(_SINGLE_FILES)
+            dest.remove(sorted(files - keep), name="cleanup")
+            published = [(p.source, p.fingerprint) for p in committed.placed()]
+            if set(published) <= set(wanted):
+                new = [entry for entry in wanted if entry not in set(published)]
+                summary = _append(
+                    source_uri, new, dest, committed, progress, source_options, camera_keys, temp_dir
+                )
+                return _with(summary, superseded)
+        superseded.append(current)
+    return _rebuild(source_uri, wanted, versions, progress, source_options, camera_keys, temp_dir, superseded)
 
 
 def _append(
@@ -931,7 +979,7 @@ def _append(
     with _Source(source_uri, source_options) as source:
         cameras = source.video_keys(camera_keys)
         placed, video_bytes = _write_version(
-            source, cameras, new, dest, committed, committed.starts(), progress, temp_dir, swap=None
+            source, cameras, new, dest, committed, committed.starts(), progress, temp_dir
         )
     logger.info("curated: appended %d episodes to %s", len(new), dest.uri)
     return _summary(dest, placed, "appended", len(new), video_bytes)
@@ -940,35 +988,31 @@ def _append(
 def _rebuild(
     source_uri: str,
     wanted: list[tuple[int, str]],
-    dest: _Destination,
-    starts: _Starts | None,
+    versions: _Versions,
     progress: pa.Table | None,
     source_options: dict[str, Any] | None,
     camera_keys: list[str] | None,
     temp_dir: str | None,
+    superseded: list[str],
 ) -> CuratedSummary:
-    """Writes the whole selection under fresh file indices, then swaps the globbed files (journaled)."""
+    """Writes the whole selection as a new version, then points the pointer at it."""
+    pointer = versions.pointer or Pointer(0, None)
+    folder = pointer.next_root()
+    dest = versions.version(folder)
     with _Source(source_uri, source_options) as source:
         cameras = source.video_keys(camera_keys)
-        if starts is None:
-            starts = _Starts((0, 0), {key: (0, 0) for key in cameras}, None)
-        else:
-            # The journal comes first: a rebuild cut short is redone by the next publish, same indices.
-            dest.write(starts.to_json(), REBUILD_JOURNAL)
-
-        def swap() -> None:
-            # The data and episodes files lerobot globs must be the new version's alone before its
-            # info.json; the old videos stay for readers that opened the old version, until the next publish.
-            replaced = [f for f in dest.files() if (_is_data_file(f) or _is_episodes_file(f))]
-            dest.remove([f for f in replaced if f not in dest.uploaded], name="swap")
-
         placed, video_bytes = _write_version(
-            source, cameras, wanted, dest, None, starts, progress, temp_dir, swap=swap
+            source, cameras, wanted, dest, None, _Starts.fresh(cameras), progress, temp_dir
         )
-    if REBUILD_JOURNAL in dest.files():
-        dest.remove([REBUILD_JOURNAL], name="journal")
-    logger.info("curated: rebuilt %s with %d episodes", dest.uri, len(wanted))
-    return _summary(dest, placed, "rebuilt", len(wanted), video_bytes)
+    versions.point_at(Pointer(pointer.version + 1, folder))
+    logger.info("curated: wrote %s with %d episodes", dest.uri, len(wanted))
+    summary = _summary(dest, placed, "rebuilt", len(wanted), video_bytes)
+    return _with(summary, superseded, versions.bytes_written)
+
+
+def _with(summary: CuratedSummary, superseded: list[str], pointer_bytes: int = 0) -> CuratedSummary:
+    """``summary`` with the versions still kept and the pointer's bytes written."""
+    return replace(summary, superseded=tuple(superseded), bytes_written=summary.bytes_written + pointer_bytes)
 
 
 def _summary(

@@ -6,7 +6,8 @@ Under ``<output>/<dataset_id>/``:
   ``frame_index`` int64, ``progress_sparse`` float32), sorted by ``index``, ``vlm_name`` in the schema
   metadata; one row per raw frame of every ``ok`` episode.
 * ``episodes.parquet``: one row per episode with its status, error, prefix table, success and VOC.
-* ``curated/``: a LeRobot v3.0 dataset of the selected episodes (``pipeline.curate``).
+* ``curated/``: versions of a LeRobot v3.0 dataset of the selected episodes behind the pointer
+  ``curated/current.json`` (``pipeline.curate``, ``pipeline.versions``).
 * ``_published.json``: the digest of what the last complete publish was made from, written last.
 
 :func:`publish_all` runs on the driver: a dataset whose digest (its committed entries, state folder,
@@ -23,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import posixpath
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -39,14 +41,16 @@ from pipeline.curate import CurationError, write_curated_dataset
 from pipeline.sinks import CommittedEpisode, read_rows
 from pipeline.stages.label import redecide
 from pipeline.storage import ensure_under, filesystem_for, join_uri, redact
+from pipeline.versions import pointer_age_s
 
 log = logging.getLogger(__name__)
 
 EPISODES_FILE = "episodes.parquet"
 CURATED_DIR = "curated"
 RECORD_FILE = "_published.json"
-# Bumped when the published layout changes, so every dataset is republished once in the new layout.
-PROTOCOL_VERSION = 1
+# Bumped when the published layout changes, so every dataset is republished once in the new layout
+# (2: the curated dataset became versions behind a pointer).
+PROTOCOL_VERSION = 2
 
 PROGRESS_SCHEMA = pa.schema(
     [
@@ -82,7 +86,8 @@ class PublishOutcome:
         status: ``published``, ``unchanged`` (its inputs equal the last publish's: nothing was touched)
             or ``failed`` (its previous files stay as they were).
         error: ``"<dataset_id>: <file uri>: <reason>"`` when failed, else ``""``.
-        curated_uri: The curated dataset's root, None when no episode is selected.
+        curated_uri: The current curated version's root (what LeRobot opens), None when no episode is
+            selected.
         curated_episodes: Episodes in the curated dataset.
         threshold: The success threshold the selection was made at.
         curation_enabled: Whether a curated dataset is made at all.
@@ -233,6 +238,7 @@ def _publish(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
         dest_options=options,
         fingerprints=dict(zip(episodes, selected.column("fingerprint").to_pylist(), strict=True)),
         temp_dir=cfg.publish.temp_dir,
+        keep_superseded_s=cfg.publish.keep_superseded_s,
     )
     # The curated set first, then the two tables that describe it, then the record: a reader sees the
     # new selection in episodes.parquet only once the curated set holds it.
@@ -243,7 +249,7 @@ def _publish(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
         job,
         cfg,
         uris,
-        curated_uri=uris["curated"] if curated.episodes else None,
+        curated_uri=curated.uri,
         curated_episodes=curated.episodes,
         curated_mode=curated.mode,
         curated_added=curated.added,
@@ -255,6 +261,8 @@ def _publish(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
         "protocol": PROTOCOL_VERSION,
         "digest": publish_digest(job, cfg),
         "curated_episodes": outcome.curated_episodes,
+        "curated_version": curated.uri and posixpath.basename(curated.uri),
+        "superseded": list(curated.superseded),
         "threshold": outcome.threshold,
         "curation_enabled": outcome.curation_enabled,
     }
@@ -275,15 +283,19 @@ def publish_dataset(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
 def _unchanged(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome | None:
     """The outcome of a dataset whose inputs equal its last publish's, from its record; else None."""
     uris = _uris(job, cfg)
-    record = _read_record(uris["record"], cfg.output.storage_options)
+    options = cfg.output.storage_options
+    record = _read_record(uris["record"], options)
     if record is None or record.get("digest") != publish_digest(job, cfg):
         return None
+    if record["superseded"] and pointer_age_s(uris["curated"], options) >= cfg.publish.keep_superseded_s:
+        return None  # a superseded version is due for removal: publishing again removes it
+    version = record["curated_version"]
     return _outcome(
         job,
         cfg,
         uris,
         status="unchanged",
-        curated_uri=uris["curated"] if record["curated_episodes"] else None,
+        curated_uri=join_uri(uris["curated"], version) if version else None,
         curated_episodes=record["curated_episodes"],
     )
 

@@ -18,6 +18,7 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from devkit import synth
 from pipeline.curate import PROGRESS_FILENAME, CurationError, write_curated_dataset
+from pipeline.versions import resolve_curated
 from pipeline.storage import upload_dataset
 from tests.conftest import BUCKET
 
@@ -49,7 +50,8 @@ def curated(v30_source: Path, progress: pa.Table, tmp_path_factory: pytest.TempP
     summary = write_curated_dataset(str(v30_source), SELECTED, str(dest), progress)
     assert (summary.episodes, summary.frames) == (3, sum(LENGTHS[i] for i in SELECTED))
     assert summary.video_bytes > 0
-    return dest
+    assert summary.uri == str(dest / "v000001") == resolve_curated(str(dest))
+    return Path(summary.uri)
 
 
 def _to_uint8_hwc(image) -> np.ndarray:
@@ -163,8 +165,9 @@ def test_s3_source_to_s3_destination(
             source_uri, selected, dest_uri, progress, source_options=s3_options, dest_options=s3_options
         )
         assert summary.episodes == len(selected)
+    assert summary.mode == "rebuilt"  # [0, 2] -> [0, 1, 2] inserts an episode: a new version
     local = tmp_path / "curated"
-    s3.get(f"{BUCKET}/curate/out/curated/", str(local), recursive=True)
+    s3.get(resolve_curated(dest_uri, s3_options) + "/", str(local), recursive=True)
     assert (local / "meta" / "info.json").is_file()  # same relative paths, no extra nesting
     assert LeRobotDatasetMetadata("dst", root=local).total_episodes == len(SELECTED)
     _assert_same_packets(v30_source, local, SELECTED)
@@ -178,6 +181,7 @@ def test_v21_source_and_camera_subset(tmp_path: Path) -> None:
     front = synth.DEFAULT_CAMERAS[0]
     summary = write_curated_dataset(str(source), [2, 0], str(dest), camera_keys=[front])
     assert (summary.episodes, summary.frames) == (2, 26)
+    dest = Path(summary.uri)
     meta = LeRobotDatasetMetadata("dst", root=dest)
     assert meta.video_keys == [front] and meta.info.codebase_version == "v3.0"
     assert set(meta.episodes[f"videos/{front}/file_index"]) == {0}  # separate source files, one packed mp4
@@ -205,8 +209,7 @@ def test_files_roll_over_at_the_source_size_limits(v30_source: Path, tmp_path: P
     # About one episode per file: an episode's video is ~20 kB per camera, its rows ~2 kB.
     info.update(video_files_size_in_mb=0.004, data_files_size_in_mb=0.002, chunks_size=2)
     (source / "meta" / "info.json").write_text(json.dumps(info))
-    dest = tmp_path / "curated"
-    write_curated_dataset(str(source), SELECTED, str(dest))
+    dest = Path(write_curated_dataset(str(source), SELECTED, str(tmp_path / "curated")).uri)
     meta = LeRobotDatasetMetadata("dst", root=dest)
     video_files = _files(meta, f"videos/{synth.DEFAULT_CAMERAS[0]}")
     data_files = _files(meta, "data")

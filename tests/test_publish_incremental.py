@@ -15,6 +15,7 @@ from devkit import synth
 from devkit.fake_labels import commit_scores, job_for, lengths_of
 from pipeline.curate import PROGRESS_FILENAME
 from pipeline.publish import CURATED_DIR, PROGRESS_FILE, RECORD_FILE, publish_all
+from pipeline.versions import POINTER_FILE, resolve_curated
 from tests.publish_support import Files, config
 
 pytestmark = pytest.mark.slow
@@ -39,14 +40,23 @@ class Connect:
         self.calls += 1
 
 
-def _publish(root: Path, output: Path, threshold: float = THRESHOLD, connect: Connect | None = None):
-    cfg = config(str(output), threshold)
+def _publish(
+    root: Path, output: Path, threshold: float = THRESHOLD, connect: Connect | None = None, *extra: str
+):
+    cfg = config(str(output), threshold, None, *extra)
     (outcome,) = publish_all([job_for(str(root), "fleet/arm", str(output), {})], cfg, connect or Connect())
     return outcome
 
 
-def _assert_curated_lines_up(curated: Path, sources: list[int]) -> None:
-    """The curated set opens, holds these source episodes in order, and its progress file lines up."""
+def _current(base: Path) -> Path:
+    """The curated version the pointer names."""
+    return Path(resolve_curated(str(base / CURATED_DIR)))
+
+
+def _assert_curated_lines_up(base: Path, sources: list[int]) -> None:
+    """The current curated version opens, holds these source episodes in order, and its progress file
+    lines up."""
+    curated = _current(base)
     dataset = LeRobotDataset("t/curated", root=curated, video_backend="pyav")
     assert dataset.meta.total_episodes == len(sources)
     assert len(dataset) == sum(LENGTHS[s] for s in sources)
@@ -70,7 +80,8 @@ def test_noop_run_touches_nothing_and_new_episodes_append(ray_session, source: P
     first = _publish(source, output)
     assert (first.status, first.curated_mode, first.curated_episodes) == ("published", "rebuilt", 2)
     base = output / "fleet" / "arm"
-    _assert_curated_lines_up(base / CURATED_DIR, [0, 2])
+    assert first.curated_uri == str(base / CURATED_DIR / "v000001")
+    _assert_curated_lines_up(base, [0, 2])
 
     before = Files.of(base)
     connect = Connect()
@@ -84,42 +95,59 @@ def test_noop_run_touches_nothing_and_new_episodes_append(ray_session, source: P
     grown = _publish(source, output)
     assert (grown.curated_mode, grown.curated_added, grown.curated_episodes) == ("appended", 2, 4)
     after = Files.of(base)
-    kept = {p for p in before.found if p.startswith(f"{CURATED_DIR}/") and p.endswith((".mp4", ".parquet"))}
-    kept -= {f"{CURATED_DIR}/meta/tasks.parquet", f"{CURATED_DIR}/{PROGRESS_FILENAME}"}
+    version = f"{CURATED_DIR}/v000001"
+    kept = {p for p in before.found if p.startswith(f"{version}/") and p.endswith((".mp4", ".parquet"))}
+    kept -= {f"{version}/meta/tasks.parquet", f"{version}/{PROGRESS_FILENAME}"}
     assert kept and all(after.found[p] == before.found[p] for p in kept)
+    assert after.found[f"{CURATED_DIR}/{POINTER_FILE}"] == before.found[f"{CURATED_DIR}/{POINTER_FILE}"]
     new_videos = [p for p in set(after.found) - set(before.found) if p.endswith(".mp4")]
     assert len(new_videos) == len(synth.DEFAULT_CAMERAS)
-    _assert_curated_lines_up(base / CURATED_DIR, [0, 2, 3, 5])
+    assert all(p.startswith(f"{version}/") for p in new_videos)  # appended in place
+    _assert_curated_lines_up(base, [0, 2, 3, 5])
     lines = "\n".join(grown.describe())
     assert "curated appended +2 ep" in lines and "(4 ep)" in lines
     assert pq.read_table(base / PROGRESS_FILE).num_rows == sum(LENGTHS)
 
 
-def test_dropped_episodes_rebuild_and_superseded_files_go_next_run(
+def test_dropped_episodes_make_a_new_version_and_the_superseded_one_goes_later(
     ray_session, source: Path, tmp_path: Path
 ) -> None:
     output = tmp_path / "out"
     scores = {0: PASS, 1: -0.5, 2: PASS, 3: -0.5}
     commit_scores(str(source), "fleet/arm", str(output), scores, lengths_of(source), {})
     assert _publish(source, output).curated_episodes == 4
-    curated = output / "fleet" / "arm" / CURATED_DIR
-    old_videos = {p for p in Files.of(curated).found if p.endswith(".mp4")}
+    base = output / "fleet" / "arm"
+    curated = base / CURATED_DIR
+    v1 = Files.of(curated / "v000001")
 
-    # A stricter threshold drops episodes 1 and 3: the dataset is rebuilt under fresh file names.
-    strict = _publish(source, output, threshold=-0.1)
+    # A stricter threshold drops episodes 1 and 3: a new version, complete before the pointer names it.
+    strict = _publish(source, output, -0.1)
     assert (strict.curated_mode, strict.curated_episodes) == ("rebuilt", 2)
-    _assert_curated_lines_up(curated, [0, 2])
-    files = set(Files.of(curated).found)
-    assert old_videos <= files  # kept for readers that opened the previous version
-    assert not any(".tmp" in p or "rebuild" in p for p in files)
+    assert strict.curated_uri == str(curated / "v000002") == str(_current(base))
+    _assert_curated_lines_up(base, [0, 2])
+    # The superseded version stays whole for readers that resolved the pointer before the switch.
+    assert Files.of(curated / "v000001") == v1
+    assert sorted(p.name for p in curated.iterdir()) == [POINTER_FILE, "v000001", "v000002"]
 
-    # The next publish (here: no episode selected) removes them; "0 selected" is stated.
-    none = _publish(source, output, threshold=10.0)
-    assert none.curated_uri is None and not curated.exists()
+    # Within publish.keep_superseded_s nothing changes: a no-op run leaves it.
+    assert _publish(source, output, -0.1).status == "unchanged"
+    assert (curated / "v000001").exists()
+    # Once it is due, the next run removes it and touches nothing else.
+    before = Files.of(curated / "v000002")
+    due = _publish(source, output, -0.1, None, "publish.keep_superseded_s=0")
+    assert (due.status, due.curated_mode, due.bytes_written) == ("published", "unchanged", 0)
+    assert sorted(p.name for p in curated.iterdir()) == [POINTER_FILE, "v000002"]
+    assert Files.of(curated / "v000002") == before
+    assert _publish(source, output, -0.1, None, "publish.keep_superseded_s=0").status == "unchanged"
+
+    # No episode selected: the pointer names none and "0 selected" is stated.
+    none = _publish(source, output, 10.0, None, "publish.keep_superseded_s=0")
+    assert none.curated_uri is None and resolve_curated(str(curated)) is None
     assert "fleet/arm: curated   0 selected at threshold 10" in none.describe()
-    back = _publish(source, output, threshold=-0.1)
-    assert back.curated_mode == "rebuilt"
-    _assert_curated_lines_up(curated, [0, 2])
+    back = _publish(source, output, -0.1, None, "publish.keep_superseded_s=0")
+    assert (back.curated_mode, back.curated_uri) == ("rebuilt", str(curated / "v000003"))
+    assert sorted(p.name for p in curated.iterdir()) == [POINTER_FILE, "v000003"]
+    _assert_curated_lines_up(base, [0, 2])
 
 
 def test_a_broken_source_fails_alone_naming_the_file(ray_session, source: Path, tmp_path: Path) -> None:
@@ -141,7 +169,7 @@ def test_a_broken_source_fails_alone_naming_the_file(ray_session, source: Path, 
     assert bad.describe() == [f"fleet/broken: NOT PUBLISHED {bad.error}"]
     # Nothing was recorded for it, so the next run tries again; nothing half-written is visible.
     assert not (output / "fleet" / "broken" / RECORD_FILE).exists()
-    assert not (output / "fleet" / "broken" / CURATED_DIR / "meta" / "info.json").exists()
+    assert resolve_curated(str(output / "fleet" / "broken" / CURATED_DIR)) is None
 
 
 def test_same_inputs_same_bytes(ray_session, source: Path, tmp_path: Path) -> None:

@@ -1,10 +1,12 @@
-"""jobs.pull: a dataset's outputs copied from object storage (moto S3) to local disk, byte for byte."""
+"""jobs.pull: a dataset's outputs copied from object storage (moto S3) to local disk, byte for byte, with
+the curated version the pointer names as ``curated/``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from jobs.pull import main, pull
+from pipeline.versions import Pointer
 from tests.conftest import BUCKET
 
 FILES = {
@@ -13,11 +15,16 @@ FILES = {
     "curated/meta/info.json": b'{"codebase_version": "v3.0"}',
     "curated/videos/observation.images.front/chunk-000/file-000.mp4": bytes(range(256)) * 40,
 }
+# A superseded version still kept for its readers: never pulled.
+OLD_VERSION = {"meta/info.json": b'{"old": 1}', "data/chunk-000/file-000.parquet": b"old rows"}
 
 
-def _upload(s3, prefix: str) -> str:
+def _upload(s3, prefix: str, current: str = "v000002") -> str:
     for name, data in FILES.items():
-        s3.pipe(f"{BUCKET}/{prefix}/{name}", data)
+        s3.pipe(f"{BUCKET}/{prefix}/{name.replace('curated/', f'curated/{current}/')}", data)
+    for name, data in OLD_VERSION.items():
+        s3.pipe(f"{BUCKET}/{prefix}/curated/v000001/{name}", data)
+    s3.pipe(f"{BUCKET}/{prefix}/curated/current.json", Pointer(2, current).to_json())
     return f"s3://{BUCKET}/{prefix}"
 
 
@@ -32,6 +39,21 @@ def test_pull_copies_every_file(s3, s3_options, tmp_path):
     written = pull(uri + "/", tmp_path / "pick_cube", s3_options)
     assert _local_tree(tmp_path / "pick_cube") == FILES
     assert sorted(p.relative_to(tmp_path / "pick_cube").as_posix() for p in written) == sorted(FILES)
+
+
+def test_a_new_pull_replaces_the_curated_copy_and_removes_it_when_none_is_selected(s3, s3_options, tmp_path):
+    uri = _upload(s3, "pull-again/so100/pick_cube")
+    dest = tmp_path / "pick_cube"
+    pull(uri, dest, s3_options)
+    (dest / "curated" / "data" / "chunk-000").mkdir(parents=True)
+    (dest / "curated" / "data" / "chunk-000" / "file-009.parquet").write_bytes(b"stale")
+    pull(uri, dest, s3_options)
+    assert _local_tree(dest) == FILES  # the stale file went with the old copy
+    s3.pipe(f"{BUCKET}/pull-again/so100/pick_cube/curated/current.json", Pointer(2, None).to_json())
+    written = pull(uri, dest, s3_options)
+    assert not (dest / "curated").exists()
+    assert sorted(p.name for p in written) == ["episodes.parquet", "topreward_progress.parquet"]
+    assert [p.name for p in tmp_path.iterdir()] == ["pick_cube"]  # no staging folder left
 
 
 def test_cli_takes_storage_options_like_relabel(s3, s3_options, tmp_path, capsys):

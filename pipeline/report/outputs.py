@@ -19,6 +19,7 @@ from pipeline.catalog import EpisodeRecord, list_episodes
 from pipeline.config import SourceConfig
 from pipeline.publish import CURATED_DIR, EPISODES_FILE
 from pipeline.storage import filesystem_for, join_uri, redact
+from pipeline.versions import resolve_curated
 
 # The folder every LeRobot video_path template starts with (v3.0 and v2.1), right under the root.
 VIDEOS_DIR = "videos"
@@ -46,13 +47,12 @@ def read_episodes(uri: str, storage_options: dict[str, Any]) -> list[dict[str, A
 
 
 def curated_count(dataset_uri: str, storage_options: dict[str, Any]) -> int | None:
-    """Episodes in the published curated dataset (its ``meta/info.json``); None when there is none."""
-    fs, path = filesystem_for(join_uri(dataset_uri, CURATED_DIR, INFO_PATH), storage_options)
-    fs.invalidate_cache(posixpath.dirname(path))
-    if not fs.exists(path):
+    """Episodes in the current curated version (its ``meta/info.json``); None when there is none."""
+    root = resolve_curated(join_uri(dataset_uri, CURATED_DIR), storage_options)
+    if root is None:
         return None
-    with fs.open(path, "rb") as f:
-        return int(json.load(f)["total_episodes"])
+    fs, path = filesystem_for(join_uri(root, INFO_PATH), storage_options)
+    return int(json.loads(fs.cat_file(path))["total_episodes"])
 
 
 def source_root(row: dict[str, Any]) -> str:
