@@ -33,8 +33,9 @@ from pipeline.storage import filesystem_for, join_uri, redact
 from pipeline.versions import resolve_curated
 
 
-def _pull_curated(uri: str, dest: Path, storage_options: Mapping[str, Any] | None) -> list[Path]:
-    """The current curated version into ``dest`` (replaced in one rename); removes it when there is none."""
+def pull_curated(uri: str, dest: Path, storage_options: Mapping[str, Any] | None) -> list[Path]:
+    """Copies the current curated version of the dataset at ``uri`` to ``dest``, replacing a copy already
+    there in one rename, or removing it when no episode is selected; returns the files written."""
     root = resolve_curated(join_uri(uri, CURATED_DIR), storage_options)
     if root is None:
         if dest.exists():
@@ -96,7 +97,7 @@ def pull(uri: str, dest: str | Path, storage_options: Mapping[str, Any] | None =
     dest.mkdir(parents=True, exist_ok=True)
     local = [dest / posixpath.basename(path) for path in remote]
     fs.get(remote, [str(p) for p in local])
-    return sorted(local + _pull_curated(uri, dest / CURATED_DIR, storage_options))
+    return sorted(local + pull_curated(uri, dest / CURATED_DIR, storage_options))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,9 @@
 Run as a module it is one of two child processes the tests start:
 
 * ``python -m tests.publish_support read <spec.json>``: polls the published files of one dataset until
-  the stop file appears (both parquet files, then the curated set through ``LeRobotDataset`` with its
-  last frame decoded; on S3 ``meta/info.json`` is fetched first, then the rest), and writes its counts.
+  the stop file appears (both parquet files, then the curated version the pointer names through
+  ``LeRobotDataset`` with its last frame decoded; on S3 pulled first as ``jobs.pull`` does), and writes
+  the episode counts it saw, in order.
 * ``python -m tests.publish_support publish <spec.json>``: publishes one dataset in this process and
   ``os._exit(KILLED)`` at the n-th ``publish step <name>`` log line, when one is named.
 """
@@ -25,9 +26,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from devkit.fake_labels import MODEL, job_for
+from jobs.pull import pull_curated
 from pipeline.config import RelabelConfig, load_config
 from pipeline.publish import CURATED_DIR, EPISODES_FILE, PROGRESS_FILE, publish_dataset
 from pipeline.storage import filesystem_for, join_uri
+from pipeline.versions import resolve_curated
 
 KILLED = 17
 
@@ -80,21 +83,12 @@ def _read_once(spec: dict[str, Any], scratch: Path) -> tuple[int, int]:
     for name in (EPISODES_FILE, PROGRESS_FILE):
         # One GET per file (docs/publishing.md): ranged reads across a replacement fail on S3 (ETag).
         pq.read_table(pa.BufferReader(fs.cat_file(filesystem_for(join_uri(base, name), options)[1])))
-    curated = join_uri(base, CURATED_DIR)
     if spec["local"]:
-        root = Path(curated)
+        # The documented reader rule: resolve the pointer once, then open the version it names.
+        root = Path(resolve_curated(join_uri(base, CURATED_DIR), options))
     else:
-        # An object-store reader takes info.json first: every file it names was written before it.
-        root = Path(tempfile.mkdtemp(dir=scratch))
-        _, remote = filesystem_for(curated, options)
-        (root / "meta").mkdir(parents=True)
-        fs.get_file(f"{remote}/meta/info.json", str(root / "meta" / "info.json"))
-        fs.invalidate_cache(remote)
-        for path in fs.find(remote):
-            relative = os.path.relpath(path, remote)
-            if relative != "meta/info.json":
-                (root / relative).parent.mkdir(parents=True, exist_ok=True)
-                fs.get_file(path, str(root / relative))
+        root = Path(tempfile.mkdtemp(dir=scratch)) / CURATED_DIR
+        pull_curated(base, root, options)
     dataset = LeRobotDataset("reader/curated", root=root, video_backend="pyav")
     last = dataset[len(dataset) - 1]
     assert int(last["index"]) == len(dataset) - 1
@@ -114,7 +108,7 @@ def read_loop(spec: dict[str, Any]) -> None:
         try:
             episodes, _ = _read_once(spec, scratch)
             reads += 1
-            if episodes not in seen:
+            if not seen or seen[-1] != episodes:
                 seen.append(episodes)
         except Exception as err:  # every failed read is counted and reported
             failures += 1
@@ -145,7 +139,7 @@ def publish_once(spec: dict[str, Any]) -> None:
         logger = logging.getLogger("pipeline.atomic")
         logger.setLevel(logging.DEBUG)
         logger.addHandler(_KillAt(*spec["kill"]))
-    cfg = config(spec["output"], spec["threshold"], spec["options"])
+    cfg = config(spec["output"], spec["threshold"], spec["options"], *spec.get("extra", ()))
     outcome = publish_dataset(job_for(spec["root"], spec["dataset_id"], spec["output"], spec["options"]), cfg)
     if outcome.status != "published":
         sys.exit(f"publish failed: {outcome.error}")

@@ -18,8 +18,8 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from devkit import synth
 from pipeline.curate import PROGRESS_FILENAME, CurationError, write_curated_dataset
-from pipeline.versions import resolve_curated
 from pipeline.storage import upload_dataset
+from pipeline.versions import resolve_curated
 from tests.conftest import BUCKET
 
 LENGTHS = (15, 20, 18, 25, 16)

@@ -1,5 +1,5 @@
-"""Readers first: a reader process polling while the selection changes never fails (local disk and moto
-S3), and a publisher killed at chosen steps leaves the previous version readable and the next run
+"""Readers first: a reader process polling while the selection grows and shrinks never fails (local disk
+and moto S3), and a publisher killed at chosen steps leaves a whole version readable and the next run
 completes it, byte for byte as an uninterrupted run would have."""
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from devkit.fake_labels import commit_scores, job_for, lengths_of
 from pipeline.publish import CURATED_DIR, RECORD_FILE, publish_dataset
 from pipeline.sinks import STATE_DIR
 from pipeline.storage import upload_dataset
+from pipeline.versions import POINTER_FILE, resolve_curated
 from tests.conftest import BUCKET, PROJECT_ROOT
 from tests.publish_support import KILLED, Files, config, wait_for
 
@@ -39,13 +40,18 @@ def _child(command: str, spec: dict, folder: Path) -> subprocess.Popen:
     )
 
 
+# Superseded versions go at the next publish, so these tests see them removed, under readers too.
+NO_GRACE = "publish.keep_superseded_s=0"
+
+
 def _publish(root: str, output: str, threshold: float, options: dict) -> None:
-    outcome = publish_dataset(job_for(root, "fleet/arm", output, options), config(output, threshold, options))
+    cfg = config(output, threshold, options, NO_GRACE)
+    outcome = publish_dataset(job_for(root, "fleet/arm", output, options), cfg)
     assert outcome.status == "published", outcome.error
 
 
 @pytest.mark.parametrize("where", ["local", "s3"])
-def test_reader_never_fails_while_the_selection_grows(
+def test_reader_never_fails_while_the_selection_grows_and_shrinks(
     where: str, source: Path, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     if where == "s3":
@@ -55,8 +61,11 @@ def test_reader_never_fails_while_the_selection_grows(
         output = f"s3://{BUCKET}/reader-out"
     else:
         options, root, output = {}, str(source), str(tmp_path / "out")
-    # Each lower threshold selects one more episode: every publish appends.
+    # Each lower threshold selects one more episode (an append); -2.0 after -4.0 drops two (a new
+    # version); -3.0 then appends to it while the superseded version is removed.
     scores = {0: -0.5, 1: -1.5, 2: -2.5, 3: -3.5}
+    thresholds = (-2.0, -3.0, -4.0, -2.0, -3.0)
+    expected = [1, 2, 3, 4, 2, 3]
     commit_scores(root, "fleet/arm", output, scores, lengths_of(source), options)
     _publish(root, output, -1.0, options)
     spec = {
@@ -70,36 +79,40 @@ def test_reader_never_fails_while_the_selection_grows(
     reader = _child("read", spec, tmp_path)
     try:
 
-        def seen(count: int) -> bool:
+        def seen(versions: int) -> bool:
             progress = Path(spec["progress"])
-            return progress.exists() and count in json.loads(progress.read_text() or "{}").get("seen", [])
+            found = json.loads(progress.read_text() or "{}") if progress.exists() else {}
+            return len(found.get("seen", [])) >= versions
 
-        for count, threshold in enumerate((-2.0, -3.0, -4.0), start=2):
-            wait_for(lambda c=count - 1: seen(c), f"the reader to open the {count - 1}-episode version")
+        for published, threshold in enumerate(thresholds, start=1):
+            wait_for(lambda n=published: seen(n), f"the reader to open version {published}")
             _publish(root, output, threshold, options)
-        wait_for(lambda: seen(4), "the reader to open the last version")
+        wait_for(lambda: seen(len(expected)), "the reader to open the last version")
     finally:
         Path(spec["stop"]).touch()
         reader.wait(timeout=300)
     result = json.loads(Path(spec["result"]).read_text())
     assert result["failures"] == 0, result["errors"]
-    assert result["seen"] == [1, 2, 3, 4] and result["reads"] >= 4
+    assert result["seen"] == expected and result["reads"] >= len(expected)
     if where == "s3":
         names = s3.find(f"{BUCKET}/reader-out/fleet")
+        curated = {n.split("/curated/")[1].split("/")[0] for n in names if "/curated/" in n}
     else:
         names = [str(p) for p in (tmp_path / "out" / "fleet").rglob("*")]
-    assert not [n for n in names if n.endswith(".tmp") or "rebuild" in n]
+        curated = {p.name for p in (tmp_path / "out" / "fleet" / "arm" / CURATED_DIR).iterdir()}
+    assert not [n for n in names if n.endswith(".tmp")]
+    assert curated == {POINTER_FILE, "v000002"}  # the superseded version went with the last publish
 
 
-# Three publishes: all four episodes, then a stricter threshold drops episode 1 (a rebuild), then the
-# old threshold brings it back (appended; the rebuild's superseded videos are cleaned up first).
+# Three publishes: all four episodes (v000001), then a stricter threshold drops episode 1 (a new version,
+# v000002), then the old threshold brings it back (appended to v000002; v000001 is removed first).
 SCORES = {0: 0.0, 1: -1.5, 2: 0.0, 3: -0.5}
 THRESHOLDS = (-2.0, -1.0, -2.0)
 EPISODES = (4, 3, 4)
 
 
 def _curated_ok(curated: Path, episodes: int) -> None:
-    dataset = LeRobotDataset("t/curated", root=curated, video_backend="pyav")
+    dataset = LeRobotDataset("t/curated", root=resolve_curated(str(curated)), video_backend="pyav")
     assert dataset.meta.total_episodes == episodes
     assert int(dataset[len(dataset) - 1]["index"]) == len(dataset) - 1
 
@@ -124,19 +137,21 @@ def uninterrupted(source: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
 
 
 @pytest.mark.parametrize(
-    ("publish", "step", "occurrence", "previous_readable"),
+    ("publish", "step", "occurrence", "readable"),
     [
-        (1, "new-file", 3, True),  # rebuild: some of its new files written, before the swap
-        (1, "swap", 1, False),  # rebuild: inside the journaled swap (completed by the next run)
-        (2, "cleanup", 1, True),  # append: while removing the rebuild's superseded files
-        (2, "metadata", 1, True),  # append: new files, tasks/stats/progress written, info.json not yet
+        (1, "new-file", 3, 4),  # new version: some of its files written
+        (1, "commit", 1, 4),  # new version: complete, its info.json written, the pointer not yet
+        (1, "pointer", 1, 3),  # new version: the pointer names it, the record is not written
+        (2, "cleanup", 1, 3),  # append: while removing the superseded version
+        (2, "new-file", 2, 3),  # append: some of its new files written
+        (2, "metadata", 1, 3),  # append: new files, tasks/stats/progress written, info.json not yet
     ],
 )
-def test_killed_publish_keeps_the_previous_version_and_the_next_run_completes_it(
+def test_killed_publish_keeps_a_whole_version_and_the_next_run_completes_it(
     publish: int,
     step: str,
     occurrence: int,
-    previous_readable: bool,
+    readable: int,
     source: Path,
     tmp_path: Path,
     uninterrupted: tuple[Path, dict[str, bytes]],
@@ -154,10 +169,10 @@ def test_killed_publish_keeps_the_previous_version_and_the_next_run_completes_it
         "options": {},
         "threshold": THRESHOLDS[publish],
         "kill": [step, occurrence],
+        "extra": [NO_GRACE],
     }
     assert _child("publish", spec, tmp_path).wait(timeout=300) == KILLED
-    if previous_readable:
-        _curated_ok(curated, EPISODES[publish - 1])
+    _curated_ok(curated, readable)
     for threshold in THRESHOLDS[publish:]:
         _publish(str(source), str(output), threshold, {})
     _curated_ok(curated, EPISODES[-1])
