@@ -10,7 +10,9 @@ Ray and publishes to local disk with :func:`pipeline.publish.publish_all`. Print
 (b) k new episodes on top of 4N: curated video bytes written against the packet bytes of those k
     episodes, and against what a full rebuild of the curated set writes;
 (c) the first publish of 8 datasets as Ray tasks with the default placement (``publish.num_cpus=1``:
-    as many at once as there are CPUs) against ``publish.max_parallel=1`` (one after another).
+    as many at once as there are CPUs) against ``publish.max_parallel=1`` (one after another);
+(d) what the versioned curated layout costs a reader: resolving the pointer (one small read) against
+    opening the version it names with ``LeRobotDataset``.
 
     python -m bench.nightly [--n 50] [--k 5] [--datasets 3] [--parallel 8] [--length 20]
 """
@@ -34,9 +36,12 @@ from devkit.fake_labels import commit_scores, job_for, lengths_of
 from devkit.synth import write_v30_dataset
 from pipeline.config import PublishConfig, load_config
 from pipeline.publish import CURATED_DIR, RECORD_FILE, PublishOutcome, publish_all
+from pipeline.versions import resolve_curated
 
 # No-op runs are milliseconds: the median of a few is reported.
 NOOP_REPEATS = 5
+# Pointer reads are sub-millisecond on local disk: the median of many.
+RESOLVE_REPEATS = 200
 
 
 def _source(folder: Path, episodes: int, length: int) -> Path:
@@ -136,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(output / ids[0] / CURATED_DIR)
         (output / ids[0] / RECORD_FILE).unlink()
         _, (rebuilt,) = _publish(source, output, ids[:1], parallel)
+        reader = _reader_costs(output / ids[0] / CURATED_DIR)
 
         # (c) first publish of `parallel` datasets: parallel Ray tasks vs one after another.
         many = [f"fleet/p{i}" for i in range(args.parallel)]
@@ -165,6 +171,16 @@ def main(argv: list[str] | None = None) -> None:
     print()
     _summary_b(grown, rebuilt, args.k)
     print()
+    print(_row(f"(d) a reader of the curated set (4N+{args.k} episodes)", "pointer", "open", "pointer/open"))
+    print(
+        _row(
+            f"  median time [ms] (pointer: of {RESOLVE_REPEATS}; open: of 3)",
+            f"{reader[0] * 1e3:.3f}",
+            f"{reader[1] * 1e3:.1f}",
+            f"{reader[0] / reader[1]:.4f}",
+        )
+    )
+    print()
     print(_row(f"(c) first publish of {args.parallel} datasets", "parallel", "serial", "serial/par."))
     print(
         _row(
@@ -174,6 +190,23 @@ def main(argv: list[str] | None = None) -> None:
             f"{timings['serial'] / timings['parallel']:.2f}",
         )
     )
+
+
+def _reader_costs(curated: Path) -> tuple[float, float]:
+    """Median seconds to resolve the pointer, and to open the version it names with LeRobotDataset."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    def timed(action) -> float:
+        start = time.perf_counter()
+        action()
+        return time.perf_counter() - start
+
+    resolve = statistics.median(timed(lambda: resolve_curated(str(curated))) for _ in range(RESOLVE_REPEATS))
+    root = resolve_curated(str(curated))
+    opened = statistics.median(
+        timed(lambda: LeRobotDataset("bench/curated", root=root, video_backend="pyav")) for _ in range(3)
+    )
+    return resolve, opened
 
 
 def _summary_b(grown: PublishOutcome, rebuilt: PublishOutcome, k: int) -> None:

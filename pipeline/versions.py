@@ -16,6 +16,7 @@ reader gets the old version or the new one, on local disk, S3 and GCS alike. See
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -74,11 +75,14 @@ def read_pointer(curated_uri: str, storage_options: dict[str, Any]) -> Pointer |
 
 def pointer_age_s(curated_uri: str, storage_options: dict[str, Any]) -> float:
     """Seconds since the pointer was last replaced: how long the versions it superseded have been unused
-    by new readers."""
+    by new readers (infinite when there is no pointer: no reader can resolve to them)."""
     uri = join_uri(curated_uri, POINTER_FILE)
     fs, path = filesystem_for(uri, storage_options)
     with touching(uri):
-        modified = fs.modified(path)
+        try:
+            modified = fs.modified(path)
+        except FileNotFoundError:
+            return math.inf
     if modified.tzinfo is None:  # fsspec's local filesystem answers in naive UTC
         modified = modified.replace(tzinfo=UTC)
     return (datetime.now(UTC) - modified).total_seconds()

@@ -36,6 +36,8 @@ def test_config_is_frozen():
         ("prefixes.num=0", "prefixes.num"),
         ("frames.max_frames=7", "frames.max_frames"),
         ("model.dtype=int8", "model.dtype"),
+        ("publish.keep_superseded_s=-1", "publish.keep_superseded_s"),
+        ("publish.keep_superseded_s=nan", "publish.keep_superseded_s"),
     ],
 )
 def test_bad_overrides_name_the_key(override, needle):

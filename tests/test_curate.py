@@ -225,6 +225,34 @@ def test_empty_selection_writes_nothing(v30_source: Path, tmp_path: Path) -> Non
     assert not (tmp_path / "curated").exists()
 
 
+def test_versions_behind_the_pointer_and_the_in_place_layout_replaced(
+    v30_source: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "curated"
+    # Protocol 1 kept the dataset in place under curated/: the first publish replaces it.
+    (dest / "meta").mkdir(parents=True)
+    (dest / "meta" / "info.json").write_text("{}")
+    (dest / ".current.json.0123.tmp").write_text("a write cut short")
+    first = write_curated_dataset(str(v30_source), [0, 1, 3], str(dest))
+    assert sorted(p.name for p in dest.iterdir()) == ["current.json", "v000001"]
+    assert json.loads((dest / "current.json").read_text()) == {"root": "v000001", "version": 1}
+    # Dropping an episode writes v000002 and keeps v000001 whole for its readers, within the grace time.
+    second = write_curated_dataset(str(v30_source), [0, 3], str(dest), keep_superseded_s=3600)
+    assert (second.mode, second.uri, second.superseded) == ("rebuilt", str(dest / "v000002"), ("v000001",))
+    assert LeRobotDatasetMetadata("old", root=first.uri).total_episodes == 3
+    assert LeRobotDatasetMetadata("new", root=second.uri).total_episodes == 2
+    again = write_curated_dataset(str(v30_source), [0, 3], str(dest), keep_superseded_s=3600)
+    assert (again.mode, again.superseded, again.bytes_written) == ("unchanged", ("v000001",), 0)
+    # A version cut short before the pointer named it is not superseded: it goes at once.
+    shutil.copytree(dest / "v000002", dest / "v000003")
+    gone = write_curated_dataset(str(v30_source), [0, 3], str(dest), keep_superseded_s=0)
+    assert gone.superseded == () and sorted(p.name for p in dest.iterdir()) == ["current.json", "v000002"]
+    # Nothing selected: the pointer names no version; the last one is superseded.
+    empty = write_curated_dataset(str(v30_source), [], str(dest), keep_superseded_s=3600)
+    assert (empty.mode, empty.uri, empty.superseded) == ("removed", None, ("v000002",))
+    assert resolve_curated(str(dest)) is None
+
+
 def test_episode_not_starting_on_a_keyframe_is_refused(v30_source: Path, tmp_path: Path) -> None:
     source = shutil.copytree(v30_source, tmp_path / "shifted")
     episodes_path = source / "meta" / "episodes" / "chunk-000" / "file-000.parquet"

@@ -11,6 +11,7 @@ import pytest
 from pipeline.publish import CURATED_DIR, EPISODES_FILE, PROGRESS_FILE
 from pipeline.relabel import run
 from pipeline.storage import upload_dataset
+from pipeline.versions import resolve_curated
 from tests.conftest import BUCKET, SYNTH_LENGTHS, relabel_config
 
 pytestmark = pytest.mark.slow
@@ -67,4 +68,5 @@ def test_relabel_gs_to_gs_equals_local(ray_session, gcs_options, synth_dir, tiny
             if p.is_file()
         }
         assert remote_curated == local_curated
-        assert "meta/info.json" in remote_curated
+        assert {"current.json", "v000001/meta/info.json"} <= remote_curated
+        assert resolve_curated(f"gs://{remote_base}/{CURATED_DIR}", gcs_options).endswith("/v000001")

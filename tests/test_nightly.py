@@ -19,6 +19,7 @@ from pipeline.publish import EPISODES_FILE, PROGRESS_FILE
 from pipeline.relabel import format_summary, run
 from pipeline.runrecord import read_run_records
 from pipeline.storage import upload_dataset
+from pipeline.versions import resolve_curated
 from tests.conftest import BUCKET, relabel_config
 
 pytestmark = pytest.mark.slow
@@ -86,7 +87,7 @@ def test_bad_datasets_never_stop_the_fleet(ray_session, tmp_path, tiny_model_dir
     assert "\ufffd" in published[1]["task"]  # the bad byte is replaced, the episode still scored
     assert first.datasets["bad/no_video"].failed == 2
     assert first.datasets["bad/truncated"].published is None
-    assert not (output / "bad/truncated").exists() or not (output / "bad/truncated/curated").exists()
+    assert resolve_curated(str(output / "bad/truncated/curated")) is None
     good_bytes = {p: p.read_bytes() for p in (output / "good/v30").rglob("*") if p.is_file()}
 
     # Second night: only failed episodes are pending (every row of their batches fails); it completes.

@@ -17,6 +17,7 @@ from pipeline.relabel import format_summary, run
 from pipeline.scoring.inputs import EpisodeClip
 from pipeline.scoring.scorer import PrefixScorer
 from pipeline.stages.label import label_episode
+from pipeline.versions import resolve_curated
 from tests.conftest import BUCKET, SYNTH_LENGTHS, relabel_config
 
 pytestmark = pytest.mark.slow
@@ -76,7 +77,7 @@ def test_relabel_from_s3(ray_session, s3, s3_options, synth_s3, tiny_model_dir, 
     # Every episode passed the (permissive) threshold: the curated dataset holds them all, loadable as is.
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    s3.get(f"{base}/curated/", str(tmp_path / "curated"), recursive=True)
+    s3.get(resolve_curated(f"{base}/curated", s3_options) + "/", str(tmp_path / "curated"), recursive=True)
     curated = LeRobotDataset("curated/" + version, root=tmp_path / "curated", video_backend="pyav")
     assert curated.meta.total_episodes == len(SYNTH_LENGTHS)
     assert curated.meta.total_frames == sum(SYNTH_LENGTHS)
@@ -140,7 +141,7 @@ def test_new_threshold_takes_effect_without_rescoring(ray_session, tmp_path, syn
     (dataset,) = run(_config(str(synth_dir / "v30"), str(output), tiny_model_dir, {})).datasets.values()
     base = output / dataset.dataset_id
     before = pq.read_table(base / EPISODES_FILE)
-    assert all(before.column("selected").to_pylist()) and (base / "curated").exists()
+    assert all(before.column("selected").to_pylist()) and resolve_curated(str(base / "curated"))
 
     # A calibrated threshold above every score: nothing is re-scored, but no episode succeeds any more.
     strict = _config(str(synth_dir / "v30"), str(output), tiny_model_dir, {}, "success.threshold=0")
@@ -149,4 +150,4 @@ def test_new_threshold_takes_effect_without_rescoring(ray_session, tmp_path, syn
     after = pq.read_table(base / EPISODES_FILE)
     assert after.column("log_p_true").equals(before.column("log_p_true"))
     assert not any(after.column("success").to_pylist()) and not any(after.column("selected").to_pylist())
-    assert not (base / "curated").exists()
+    assert resolve_curated(str(base / "curated")) is None
