@@ -1,8 +1,8 @@
 """Curated behaviour-cloning subset: chosen episodes of a LeRobot dataset, re-indexed, videos remuxed.
 
-:func:`write_curated_dataset` keeps a LeRobot **v3.0** dataset at a destination (local folder or any
-fsspec URI) equal to a chosen selection of a source dataset (codebase v3.0, or the legacy v2.1 layout),
-and ``LeRobotDataset(repo_id, root=...)`` opens it as is at every moment:
+:func:`write_curated_dataset` keeps a LeRobot **v3.0** dataset under a destination (local folder or any
+fsspec URI) equal to a chosen selection of a source dataset (codebase v3.0, or the legacy v2.1 layout);
+the version its pointer names opens as is in ``LeRobotDataset(repo_id, root=...)`` at every moment:
 
 * data rows are copied unchanged except ``episode_index`` (0..n-1), ``index`` (contiguous from 0) and
   ``task_index`` (re-mapped to the dataset's own ``meta/tasks.parquet``);
@@ -643,14 +643,6 @@ class _Destination:
     def file_uri(self, relative: str) -> str:
         """The URI of a file of the dataset; refuses a path (e.g. from a source template) that escapes."""
         return ensure_under(join_uri(self.uri, relative), self.uri)
-
-    def files(self) -> set[str]:
-        """Relative paths of every file under the root."""
-        self.fs.invalidate_cache(self.root)
-        with touching(self.uri):
-            if not self.fs.exists(self.root):
-                return set()
-            return {posixpath.relpath(path, self.root) for path in self.fs.find(self.root)}
 
     def read(self, relative: str) -> bytes:
         """A file's bytes."""
