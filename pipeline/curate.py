@@ -662,7 +662,7 @@ class _Destination:
             return None
         table = pa.concat_tables(tables, promote_options="default")
         if SOURCE_EPISODE not in table.column_names:
-            logger.warning("%s was not written by this pipeline's protocol; rebuilding it", self.uri)
+            logger.warning("%s was not written by this pipeline's protocol; writing a new version", self.uri)
             return None
         # Episodes files of a publish cut short before its info.json hold only episodes beyond the total.
         table = table.filter(pc.less(table["episode_index"], info.total_episodes)).sort_by("episode_index")
@@ -670,7 +670,7 @@ class _Destination:
         if [row["episode_index"] for row in rows] != list(range(info.total_episodes)) or sum(
             row["length"] for row in rows
         ) != info.total_frames:
-            logger.warning("%s: episodes index and info.json disagree; rebuilding it", self.uri)
+            logger.warning("%s: episodes index and info.json disagree; writing a new version", self.uri)
             return None
         with touching(self.file_uri(DEFAULT_TASKS_PATH)):
             tasks = pd.read_parquet(pa.BufferReader(self.read(DEFAULT_TASKS_PATH)))
@@ -906,7 +906,7 @@ def write_curated_dataset(
         dest_options: fsspec storage options for the destination.
         camera_keys: Video features to copy; ``None`` copies all. Others are left out of the new dataset.
         fingerprints: Source episode -> fingerprint of its source data; an episode published under
-            another fingerprint is copied again (by a rebuild).
+            another fingerprint is copied again (into a new version).
         temp_dir: Local folder for the files being written (one open file per camera and one data file
             at a time); ``None`` uses the system's.
         keep_superseded_s: A superseded version is removed by the first call at least this long after

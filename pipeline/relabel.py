@@ -2,7 +2,8 @@
 
 The driver lists episodes (metadata only) and drops those already committed for this config hash, Ray
 Data streams the rest through CPU decode tasks, an actor pool holding the VLM, CPU labelling and shard
-writes, and the driver finally rebuilds each dataset's published files from its committed shards.
+writes; finally every dataset whose committed shards or settings changed is published from them, one
+Ray task per dataset (``pipeline.publish``).
 """
 
 from __future__ import annotations
