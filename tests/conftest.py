@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -152,3 +153,31 @@ def synth_s3(s3, synth_dir) -> str:
     for name in ("v30", "v21"):
         upload_dataset(synth_dir / name, s3, f"{prefix}/{name}")
     return prefix
+
+
+GOLDEN_OUTPUT = f"s3://{BUCKET}/golden"
+GOLDEN_DATASETS = {"v30": "synth/v30", "v21": "synth/v21"}
+
+
+@pytest.fixture(scope="session")
+def golden_run(ray_session, s3_options, synth_s3, tiny_model_dir) -> SimpleNamespace:
+    """One relabel run over both synthetic datasets (v3.0 and v2.1) to ``s3://episodes/golden``.
+
+    Run once per session on local Ray, moto S3 and the tiny model with :func:`relabel_config`, so every
+    test that only reads outputs shares it instead of paying for its own run. Its outputs are
+    READ-ONLY: a test that writes under ``golden.output`` (or runs the pipeline into it again) changes
+    what every later test sees; such a test makes its own run, or copies the outputs first.
+
+    Returns:
+        ``SimpleNamespace(cfg, summary, output, s3_options, datasets)``: the run's config and
+        :class:`~pipeline.relabel.RunSummary`, the output URI, the storage options reaching moto, and
+        the dataset ids by synthetic version (``{"v30": "synth/v30", "v21": "synth/v21"}``).
+    """
+    from pipeline.relabel import run
+
+    sources = [f"{synth_s3}/{version}" for version in GOLDEN_DATASETS]
+    cfg = relabel_config(sources, GOLDEN_OUTPUT, tiny_model_dir, s3_options)
+    summary = run(cfg)
+    return SimpleNamespace(
+        cfg=cfg, summary=summary, output=GOLDEN_OUTPUT, s3_options=s3_options, datasets=dict(GOLDEN_DATASETS)
+    )

@@ -1,5 +1,9 @@
 """End to end on real local Ray, moto S3 and the tiny model: every output contract, and the same numbers
-as calling decode + scorer + labels directly."""
+as calling decode + scorer + labels directly.
+
+Tests that only read outputs read the session's ``golden_run`` (both synthetic datasets, one run); tests
+that run the pipeline again over their outputs make their own runs.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import torch
 
 from pipeline.catalog import list_episodes
 from pipeline.frames.decode import decode_episode
-from pipeline.publish import EPISODES_FILE, PROGRESS_FILE
+from pipeline.layout import EPISODES_FILE, PROGRESS_FILE
 from pipeline.relabel import format_summary, run
 from pipeline.scoring.inputs import EpisodeClip
 from pipeline.scoring.scorer import PrefixScorer
@@ -42,15 +46,13 @@ def _direct_labels(cfg, row: dict) -> dict:
 
 
 @pytest.mark.parametrize("version", ["v30", "v21"])
-def test_relabel_from_s3(ray_session, s3, s3_options, synth_s3, tiny_model_dir, tmp_path, version):
-    output = f"s3://{BUCKET}/labels-{version}"
-    cfg = _config(f"{synth_s3}/{version}", output, tiny_model_dir, s3_options)
-    summary = run(cfg)
-    (dataset,) = summary.datasets.values()
+def test_relabel_from_s3(golden_run, s3, tiny_model_dir, tmp_path, version):
+    cfg, dataset_id = golden_run.cfg, golden_run.datasets[version]
+    dataset = golden_run.summary.datasets[dataset_id]
     assert (dataset.scored, dataset.failed, dataset.skipped) == (len(SYNTH_LENGTHS), 0, 0)
-    assert "scored" in format_summary(summary)
+    assert "scored" in format_summary(golden_run.summary)
 
-    base = f"{output}/{dataset.dataset_id}"
+    base = f"{golden_run.output}/{dataset_id}"
     episodes = _read(s3, f"{base}/{EPISODES_FILE}").to_pylist()
     assert [e["episode_index"] for e in episodes] == list(range(len(SYNTH_LENGTHS)))
     assert all(e["status"] == "ok" and e["error"] == "" for e in episodes)
@@ -64,7 +66,7 @@ def test_relabel_from_s3(ray_session, s3, s3_options, synth_s3, tiny_model_dir, 
     assert np.array_equal(index, np.arange(sum(SYNTH_LENGTHS)))  # one row per raw frame, global indices
 
     # The same numbers as decode + scorer + labels called directly, episode by episode.
-    records = {r.episode_index: r.to_row() for r in list_episodes(cfg.source)}
+    records = {r.episode_index: r.to_row() for r in list_episodes(cfg.source) if r.dataset_id == dataset_id}
     frames = progress.to_pandas()
     for episode in episodes:
         direct = _direct_labels(cfg, records[episode["episode_index"]])
@@ -77,7 +79,8 @@ def test_relabel_from_s3(ray_session, s3, s3_options, synth_s3, tiny_model_dir, 
     # Every episode passed the (permissive) threshold: the curated dataset holds them all, loadable as is.
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    s3.get(resolve_curated(f"{base}/curated", s3_options) + "/", str(tmp_path / "curated"), recursive=True)
+    curated_uri = resolve_curated(f"{base}/curated", golden_run.s3_options)
+    s3.get(curated_uri + "/", str(tmp_path / "curated"), recursive=True)
     curated = LeRobotDataset("curated/" + version, root=tmp_path / "curated", video_backend="pyav")
     assert curated.meta.total_episodes == len(SYNTH_LENGTHS)
     assert curated.meta.total_frames == sum(SYNTH_LENGTHS)
@@ -121,12 +124,11 @@ def test_corrupt_episode_fails_alone(ray_session, tmp_path, s3_options, tiny_mod
     assert set(progress.column("episode_index").to_pylist()) == {0, 2}
 
 
-def test_lerobot_rabc_loader_accepts_progress(ray_session, tmp_path, synth_dir, tiny_model_dir):
+def test_lerobot_rabc_loader_accepts_progress(golden_run, s3, tmp_path):
     from lerobot.utils.sample_weighting import SampleWeightingConfig, make_sample_weighter
 
-    cfg = _config(str(synth_dir / "v30"), str(tmp_path / "out"), tiny_model_dir, {})
-    (dataset,) = run(cfg).datasets.values()
-    path = tmp_path / "out" / dataset.dataset_id / PROGRESS_FILE
+    path = tmp_path / PROGRESS_FILE
+    s3.get(f"{golden_run.output}/{golden_run.datasets['v30']}/{PROGRESS_FILE}", str(path))
     weighting = SampleWeightingConfig(type="rabc", progress_path=str(path), head_mode="sparse")
     policy = SimpleNamespace(config=SimpleNamespace(chunk_size=5))
     weighter = make_sample_weighter(weighting, policy, torch.device("cpu"))
