@@ -35,7 +35,11 @@ def check_run(cfg: RelabelConfig) -> None:
 
 
 def check_paths(cfg: RelabelConfig) -> None:
-    """Sources and output are valid URIs, and the output is neither a source nor inside or around one."""
+    """Sources and output are valid URIs, and the output is neither a source nor inside or around one.
+
+    "Inside" is decided on :func:`~pipeline.storage.canonical_uri` forms, so ``file://<source>/labels``
+    or ``s3a://b/src/labels`` for an ``s3://b/src`` source is refused like its plain spelling.
+    """
     if not cfg.source.uris:
         raise ConfigError("config error at 'source.uris': empty; pass source.uris='[s3://bucket/dataset]'")
     try:

@@ -130,13 +130,39 @@ def normalize_uri(uri: str) -> str:
     return f"{protocol}://" + "/".join(parts)
 
 
-def is_under(uri: str, base_uri: str) -> bool:
-    """Whether ``uri`` is ``base_uri`` itself or inside it, after normalisation (same protocol only).
+# Schemes naming the same store as another one. s3a:// and s3n:// are Hadoop's names for S3 (Spark users
+# pass them); gcs:// is gcsfs's second name for gs://.
+_SCHEME_ALIASES = {"s3a": "s3", "s3n": "s3", "gcs": "gs"}
 
-    A URI that climbs above its bucket is inside nothing.
+
+def canonical_uri(uri: str) -> str:
+    """One spelling per location, for deciding whether two URIs overlap; never used to open a file.
+
+    :func:`normalize_uri`, then: the scheme lower-cased; ``s3a://`` and ``s3n://`` become ``s3://``,
+    ``gcs://`` becomes ``gs://``; ``file://<path>`` and a plain path become the same absolute, resolved
+    local path (no scheme). Files are still opened through the URI the user gave.
+
+    Raises:
+        ValueError: as :func:`normalize_uri`.
+    """
+    scheme, sep, rest = uri.partition("://")
+    if sep:
+        scheme = scheme.lower()
+        if scheme in ("file", "local"):
+            # Resolved like a plain path: the same folder must compare equal however it is spelt.
+            return normalize_uri(rest or "/")
+        uri = f"{_SCHEME_ALIASES.get(scheme, scheme)}://{rest}"
+    return normalize_uri(uri)
+
+
+def is_under(uri: str, base_uri: str) -> bool:
+    """Whether ``uri`` is ``base_uri`` itself or inside it, compared in :func:`canonical_uri` form.
+
+    So ``file:///data/x`` is inside ``/data``, and ``s3a://b/src/out`` inside ``s3://b/src``. A URI that
+    climbs above its bucket is inside nothing.
     """
     try:
-        uri, base = normalize_uri(uri), normalize_uri(base_uri)
+        uri, base = canonical_uri(uri), canonical_uri(base_uri)
     except ValueError:
         return False
     return uri == base or uri.startswith(base.rstrip("/") + "/")

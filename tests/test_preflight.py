@@ -15,7 +15,7 @@ from pipeline.catalog import dataset_id_for
 from pipeline.config import ConfigError, load_config
 from pipeline.preflight import check_run
 from pipeline.relabel import run
-from pipeline.storage import ensure_under, is_under, normalize_uri
+from pipeline.storage import canonical_uri, ensure_under, is_under, normalize_uri
 from tests.conftest import PROJECT_ROOT, relabel_config
 
 
@@ -40,6 +40,22 @@ def test_ids_and_written_paths_never_escape():
         ensure_under("s3://out/so100/../../etc", "s3://out")
 
 
+def test_canonical_uri_spells_each_location_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    local = tmp_path.resolve().as_posix()
+    for spelling in (local, f"file://{local}", f"FILE://{local}/", f"local://{local}", f"{local}/a/..", "."):
+        assert canonical_uri(spelling) == local, spelling
+    assert canonical_uri("file://labels") == canonical_uri("labels") == f"{local}/labels"
+    for spelling in ("s3://b/src", "s3a://b/src", "s3n://b/src/", "S3A://b/x/../src"):
+        assert canonical_uri(spelling) == "s3://b/src", spelling
+    assert canonical_uri("gcs://b/src") == canonical_uri("gs://b/src/.") == "gs://b/src"
+    # Only the comparison form changes: normalize_uri (used to open files) keeps the user's scheme.
+    assert normalize_uri("s3a://b/src/") == "s3a://b/src"
+    assert is_under(f"file://{local}/labels", local) and is_under("s3n://b/src/x", "s3a://b/src")
+    assert not is_under("s3://b/src", "gs://b/src") and not is_under("s3://b/srcx", "s3a://b/src")
+    assert ensure_under("s3a://out/so100/a", "s3://out") == "s3a://out/so100/a"
+
+
 @pytest.mark.parametrize(
     ("source", "output", "key"),
     [
@@ -48,10 +64,29 @@ def test_ids_and_written_paths_never_escape():
         ("s3://fleet/robots/x/..", "s3://fleet/robots/labels", "output.uri"),
         ("s3://labels/topreward/so100", "s3://labels/topreward", "source.uris[0]"),
         ("s3://fleet/../..", "s3://labels/x", "source.uris[0]"),
+        # Aliases of one store: Hadoop's s3a:// and s3n://, gcsfs's gcs://.
+        ("s3://fleet/robots", "s3a://fleet/robots/labels", "output.uri"),
+        ("s3://fleet/robots", "s3n://fleet/robots/labels", "output.uri"),
+        ("s3a://fleet/robots", "s3://fleet/robots", "output.uri"),
+        ("gs://fleet/robots", "gcs://fleet/robots/labels", "output.uri"),
+        ("s3n://labels/topreward/so100", "s3://labels/topreward", "source.uris[0]"),
     ],
 )
 def test_output_inside_a_source_is_refused(source, output, key, tiny_model_dir):
     _refused(relabel_config(source, output, tiny_model_dir, {}), key)
+
+
+@pytest.mark.parametrize(
+    ("source", "output"),
+    [("{root}/fleet", "file://{root}/fleet/labels"), ("file://{root}/fleet", "{root}/fleet/./labels")],
+)
+def test_local_output_inside_a_source_is_refused_however_spelt(source, output, tmp_path, tiny_model_dir):
+    root = tmp_path.as_posix()
+    cfg = relabel_config(source.format(root=root), output.format(root=root), tiny_model_dir, {})
+    assert "is inside the source" in _refused(cfg, "output.uri")
+    with pytest.raises(ConfigError, match=r"'output\.uri'"):
+        run(cfg)  # refused before Ray: nothing written into the source
+    assert not (tmp_path / "fleet").exists()
 
 
 def test_models_that_cannot_load_are_refused(tmp_path, tiny_model_dir, monkeypatch):
