@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import hashlib
 import json
 import re
 import shlex
@@ -26,7 +27,8 @@ from pipeline.config import ConfigError, RelabelConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"
-SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "kuberay"
+# Vendored KubeRay v1.7.0 CRD schemas (their README says where they come from), so these tests always run.
+SCHEMAS = INFRA / "schemas" / "kuberay"
 SCHEMA_FILES = {
     "RayCluster": "raycluster-v1.json",
     "RayJob": "rayjob-v1.json",
@@ -60,7 +62,7 @@ class Infra:
 @functools.cache
 def _load() -> Infra:
     docs: list[Doc] = []
-    for path in sorted(INFRA.rglob("*.y*ml")):
+    for path in _infra_files("*.y*ml"):
         for i, doc in enumerate(yaml.safe_load_all(path.read_text())):
             if doc is None:
                 continue
@@ -74,8 +76,13 @@ def _load() -> Infra:
                             for j, inner in enumerate(yaml.safe_load_all(text))
                             if inner is not None
                         )
-    texts = {p.name: p.read_text() for p in sorted(INFRA.rglob("*")) if p.is_file()}
+    texts = {p.name: p.read_text() for p in _infra_files("*") if p.is_file()}
     return Infra(docs, texts)
+
+
+def _infra_files(pattern: str) -> list[Path]:
+    """The deployable files under infra/: not the vendored schemas (data, and a README of their own)."""
+    return [p for p in sorted(INFRA.rglob(pattern)) if not p.is_relative_to(SCHEMAS)]
 
 
 @pytest.fixture
@@ -86,8 +93,6 @@ def infra() -> Infra:
 
 @pytest.fixture(scope="module")
 def validators() -> dict[str, Draft7Validator]:
-    if not SCHEMAS.is_dir():
-        pytest.skip(f"KubeRay CRD schemas not found at {SCHEMAS} (CI has shared/ beside the repository)")
     return {
         kind: Draft7Validator(json.loads((SCHEMAS / name).read_text())) for kind, name in SCHEMA_FILES.items()
     }
@@ -436,6 +441,14 @@ def test_infra_holds_the_expected_objects(infra):
 
 def test_ray_objects_validate_against_the_kuberay_schemas(infra, validators):
     assert check_schemas(infra, validators) == []
+
+
+def test_vendored_schemas_are_the_ones_their_readme_names():
+    readme = (SCHEMAS / "README.md").read_text()
+    listed = dict(re.findall(r"^\| `([\w-]+\.json)` \| `([0-9a-f]{64})` \|$", readme, re.MULTILINE))
+    assert set(listed) == set(SCHEMA_FILES.values()) == {p.name for p in SCHEMAS.glob("*.json")}
+    for name, digest in listed.items():
+        assert hashlib.sha256((SCHEMAS / name).read_bytes()).hexdigest() == digest, name
 
 
 @pytest.mark.parametrize(
