@@ -1,11 +1,14 @@
 """Committed shards: how labelled episodes reach storage safely, and how a later run finds them.
 
 Each write task groups its rows by dataset and writes one parquet shard per dataset under
-``<output>/_state/<config_hash>/<dataset_id>/``. The parquet goes to a temporary name first and is
-renamed into place, and a small JSON marker is written last: a shard without its marker does not exist
-for readers. The name is deterministic in what the shard holds (first episode, then a digest of its
-episodes, their fingerprints and attempt numbers), so a repeated write of the same rows lands on the same
-name and a new attempt or a changed episode never replaces an older shard.
+``<output>/_state/<config_hash>/<dataset_id>/`` (:func:`state_uri`, through
+:class:`~pipeline.layout.OutputLayout`, so the folder cannot leave ``output.uri``). The shard and then a
+small JSON marker are each written in one step (:func:`pipeline.atomic.write_bytes`: a temporary name
+and a rename on local disk, one PUT on object stores), the marker last: a shard without its marker does
+not exist for readers, and no reader ever sees half a marker. The name is deterministic in what the
+shard holds (first episode, then a digest of its episodes, their fingerprints and attempt numbers), so a
+repeated write of the same rows lands on the same name and a new attempt or a changed episode never
+replaces an older shard.
 
 Markers carry, per episode, the status, the source fingerprint, the attempt number and the error, so
 the driver decides what to score (:func:`committed_state`) and what to publish from markers alone; the
@@ -19,8 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import uuid
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,11 +32,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.storage import filesystem_for, join_uri, read_json_files, redact
+from pipeline.atomic import TEMP_SUFFIX, parquet_bytes, write_bytes
+from pipeline.layout import STATE_DIR as STATE_DIR  # re-exported: tools and tests import it from here
+from pipeline.layout import OutputLayout
+from pipeline.storage import filesystem_for, join_uri, redact
 
 log = logging.getLogger(__name__)
-
-STATE_DIR = "_state"
 
 SHARD_SCHEMA = pa.schema(
     [
@@ -71,8 +75,9 @@ SHARD_SCHEMA = pa.schema(
 
 # Columns a shard write reports back to the driver (small: no arrays).
 SUMMARY_COLUMNS = ("dataset_id", "episode_index", "status", "error", "length", "frames_decoded", "attempt")
-TEMP_SUFFIX = ".tmp"
 MARKER_SUFFIX = ".done.json"
+# Markers are read concurrently: thousands of small objects per dataset, bound by request latency.
+MARKER_READ_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -88,8 +93,12 @@ class CommittedEpisode:
 
 
 def state_uri(output_uri: str, config_hash: str, dataset_id: str) -> str:
-    """Folder holding the committed shards of one dataset for one config hash."""
-    return join_uri(output_uri, STATE_DIR, config_hash, dataset_id)
+    """Folder holding the committed shards of one dataset for one config hash.
+
+    Raises:
+        ValueError: the folder would not be under ``output_uri`` (a dataset id with ``..`` in it).
+    """
+    return OutputLayout(output_uri).state(config_hash, dataset_id)
 
 
 def _column(batch: dict[str, np.ndarray], name: str, size: int, default: Any) -> list[Any]:
@@ -137,18 +146,23 @@ def shard_name(episodes: list[int], fingerprints: list[str], attempts: list[int]
 
 
 def commit_shard(table: pa.Table, folder_uri: str, storage_options: dict[str, Any]) -> str:
-    """Write one dataset's shard (temp name, rename, then marker) and return its final URI."""
-    fs, folder = filesystem_for(folder_uri, storage_options)
-    fs.makedirs(folder, exist_ok=True)
+    """Writes one dataset's shard, then its marker, each in one step; returns the shard's URI.
+
+    Args:
+        table: Rows of one dataset in ``SHARD_SCHEMA``.
+        folder_uri: The dataset's state folder, from :func:`state_uri` (which keeps it under the
+            output); the two names written in it are generated here (``ep-<episode>-<hex digest>``),
+            so they cannot leave it.
+        storage_options: fsspec options of the output.
+    """
     episodes = table.column("episode_index").to_pylist()
     fingerprints = table.column("fingerprint").to_pylist()
     attempts = table.column("attempt").to_pylist()
     name = shard_name(episodes, fingerprints, attempts)
-    final = f"{folder}/{name}.parquet"
-    temp = f"{folder}/.{name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
-    with fs.open(temp, "wb") as f:
-        pq.write_table(table, f)
-    fs.mv(temp, final)
+    shard_uri = join_uri(folder_uri, f"{name}.parquet")
+    # Locally a temp file renamed into place (a killed write leaves a .tmp for remove_leftovers); on an
+    # object store one PUT, where a temporary object would only add a copy and a delete.
+    write_bytes(parquet_bytes(table), shard_uri, storage_options, name="shard")
     marker = {
         "shard": f"{name}.parquet",
         "episodes": episodes,
@@ -158,11 +172,15 @@ def commit_shard(table: pa.Table, folder_uri: str, storage_options: dict[str, An
         "errors": table.column("error").to_pylist(),
         "committed_at": datetime.now(UTC).isoformat(),
     }
-    # The marker is one small object written by one PUT (or a local write of a few hundred bytes): a
-    # reader sees it whole or not at all, and the shard it names is complete before it is written.
-    with fs.open(f"{folder}/{name}{MARKER_SUFFIX}", "w") as f:
-        json.dump(marker, f)
-    return fs.unstrip_protocol(final)
+    # Written last and in one step: a reader sees the marker whole or not at all, and the shard it names
+    # is complete before it exists. A plain open("w") killed mid-write would leave a truncated marker.
+    write_bytes(
+        json.dumps(marker).encode(),
+        join_uri(folder_uri, f"{name}{MARKER_SUFFIX}"),
+        storage_options,
+        name="marker",
+    )
+    return shard_uri
 
 
 def write_shards(
@@ -192,10 +210,91 @@ def write_shards(
     return {name: np.asarray(values, dtype=object) for name, values in summary.items()}
 
 
-def _markers(folder_uri: str, storage_options: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every marker in a state folder, oldest commit first."""
-    found = read_json_files(folder_uri, f"*{MARKER_SUFFIX}", storage_options)
-    return sorted(found, key=lambda marker: marker["committed_at"])
+@dataclass(frozen=True)
+class _Marker:
+    """One shard marker, checked: when it was committed and what it commits."""
+
+    committed_at: str
+    entries: tuple[CommittedEpisode, ...]
+
+
+def _parse_marker(data: bytes, name: str) -> _Marker:
+    """A marker file's bytes as a :class:`_Marker`.
+
+    Raises:
+        ValueError: not JSON, or not a marker of the shard its own name says (a truncated or foreign
+            file): it names another shard, lacks a field, or its per-episode lists differ in length.
+    """
+    marker = json.loads(data)
+    shard = name[: -len(MARKER_SUFFIX)] + ".parquet"
+    if not isinstance(marker, dict) or marker.get("shard") != shard:
+        raise ValueError(f"not the marker of {shard}")
+    committed_at = marker.get("committed_at")
+    columns = [marker.get(key) for key in ("episodes", "status", "fingerprints", "attempts", "errors")]
+    if not isinstance(committed_at, str) or not all(isinstance(column, list) for column in columns):
+        raise ValueError("missing committed_at, episodes, status, fingerprints, attempts or errors")
+    try:
+        entries = tuple(
+            CommittedEpisode(int(episode), shard, str(status), str(fingerprint), int(attempt), error or "")
+            for episode, status, fingerprint, attempt, error in zip(*columns, strict=True)
+        )
+    except TypeError as err:  # a null where a number belongs
+        raise ValueError(str(err)) from None
+    return _Marker(committed_at, entries)
+
+
+def _state_files(folder_uri: str, storage_options: dict[str, Any]) -> tuple[Any, str, list[str]]:
+    """``(fs, folder path, names of the files directly in it)``; no names when the folder is absent.
+
+    Listed literally (never globbed: a dataset id may hold ``[`` or ``*``), after dropping fsspec's
+    listing cache, which another run in the same process may have filled.
+    """
+    fs, folder = filesystem_for(folder_uri, storage_options)
+    folder = folder.rstrip("/")
+    fs.invalidate_cache(folder)
+    try:
+        entries = fs.ls(folder, detail=True)
+    except FileNotFoundError:
+        return fs, folder, []
+    names = [
+        entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        for entry in entries
+        if entry.get("type") == "file" and entry["name"].rstrip("/") != folder
+    ]
+    return fs, folder, sorted(names)
+
+
+def _read_markers(
+    folder_uri: str, storage_options: dict[str, Any], fs: Any, folder: str, names: list[str]
+) -> tuple[list[_Marker], list[str]]:
+    """The markers among ``names`` that parse, oldest commit first, and the names of those that do not.
+
+    A marker that does not parse (truncated by a crash of an older version that wrote markers in place,
+    or by a bad disk) is logged as a warning naming the file and treated as absent; a storage error
+    reading one is raised: it says nothing about the marker.
+    """
+    marker_names = [name for name in names if name.endswith(MARKER_SUFFIX)]
+    with ThreadPoolExecutor(MARKER_READ_THREADS) as pool:
+        contents = list(pool.map(lambda name: fs.cat_file(f"{folder}/{name}"), marker_names))
+    markers, broken = [], []
+    for name, data in zip(marker_names, contents, strict=True):
+        try:
+            markers.append(_parse_marker(data, name))
+        except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            log.warning(
+                "state: ignoring unreadable shard marker %s (%s): its episodes count as not committed "
+                "and are scored again; the next run removes it and its shard",
+                join_uri(folder_uri, name),
+                redact(str(err), storage_options)[:200],
+            )
+            broken.append(name)
+    return sorted(markers, key=lambda marker: marker.committed_at), broken
+
+
+def _markers(folder_uri: str, storage_options: dict[str, Any]) -> list[_Marker]:
+    """Every marker in a state folder that parses, oldest commit first (see :func:`_read_markers`)."""
+    fs, folder, names = _state_files(folder_uri, storage_options)
+    return _read_markers(folder_uri, storage_options, fs, folder, names)[0]
 
 
 def committed_state(
@@ -204,22 +303,15 @@ def committed_state(
     """What is committed per (episode, fingerprint), from the markers alone.
 
     An ``ok`` result wins over failures (the latest ``ok`` if several); otherwise the latest failure,
-    with ``attempts`` the highest attempt number committed. Markers written before fingerprints existed
-    have none, so their episodes match no current fingerprint and are scored again.
+    with ``attempts`` the highest attempt number committed. A marker that does not parse is treated as
+    absent, with a warning naming it: its episodes are scored again.
     """
     state: dict[tuple[int, str], CommittedEpisode] = {}
     for marker in _markers(folder_uri, storage_options):
-        size = len(marker["episodes"])
-        fingerprints = marker.get("fingerprints") or [""] * size
-        attempts = marker.get("attempts") or [1] * size
-        errors = marker.get("errors") or [""] * size
-        for episode, status, fingerprint, attempt, error in zip(
-            marker["episodes"], marker["status"], fingerprints, attempts, errors, strict=True
-        ):
-            key = (int(episode), str(fingerprint))
-            entry = CommittedEpisode(key[0], marker["shard"], status, key[1], int(attempt), error or "")
+        for entry in marker.entries:
+            key = (entry.episode_index, entry.fingerprint)
             previous = state.get(key)
-            if previous is None or status == "ok" or previous.status != "ok":
+            if previous is None or entry.status == "ok" or previous.status != "ok":
                 state[key] = entry
     return state
 
@@ -254,28 +346,30 @@ def read_rows(
 
 
 def remove_leftovers(folder_uri: str, storage_options: dict[str, Any]) -> int:
-    """Deletes what a killed write left in a state folder: temp files and shards without a marker.
+    """Deletes what a killed write left in a state folder: temp files, markers that do not parse, and
+    shards without a marker that parses.
 
     Runs on the driver before any write of this run, so nothing it removes can be in flight (nightly
-    runs do not overlap: the schedulers in ``infra/`` refuse a second concurrent run).
+    runs do not overlap: the schedulers in ``infra/`` refuse a second concurrent run). Reads every
+    marker: a storage error doing so is raised and nothing is removed.
 
     Returns:
         The number of objects removed.
     """
-    fs, folder = filesystem_for(folder_uri, storage_options)
-    fs.invalidate_cache(folder)
-    if not fs.exists(folder):
-        return 0
-    names = {path.rsplit("/", 1)[-1] for path in fs.ls(folder, detail=False)}
-    markers = {name[: -len(MARKER_SUFFIX)] for name in names if name.endswith(MARKER_SUFFIX)}
+    fs, folder, names = _state_files(folder_uri, storage_options)
+    broken = set(_read_markers(folder_uri, storage_options, fs, folder, names)[1])
+    committed = {
+        name[: -len(MARKER_SUFFIX)] for name in names if name.endswith(MARKER_SUFFIX) and name not in broken
+    }
     stale = [
         name
         for name in names
         if name.endswith(TEMP_SUFFIX)
-        or (name.endswith(".parquet") and name[: -len(".parquet")] not in markers)
+        or name in broken
+        or (name.endswith(".parquet") and name[: -len(".parquet")] not in committed)
     ]
     for name in stale:
-        fs.rm(f"{folder}/{name}")
+        fs.rm_file(f"{folder}/{name}")
     if stale:
         log.info("state: removed %d leftover object(s) of an interrupted write in %s", len(stale), folder_uri)
     return len(stale)

@@ -1,11 +1,16 @@
 """Committed shards: markers, fingerprints, attempts, leftovers, and writes that fail, without Ray."""
 
+import json
+import logging
+import os
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from pipeline.sinks import (
+    MARKER_SUFFIX,
     SHARD_SCHEMA,
     batch_to_table,
     commit_shard,
@@ -13,6 +18,7 @@ from pipeline.sinks import (
     read_rows,
     remove_leftovers,
     shard_name,
+    state_uri,
     write_shards,
 )
 
@@ -95,6 +101,78 @@ def test_leftovers_of_a_killed_write_are_removed_and_never_read(tmp_path):
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith("ep-000000")) == []
     assert set(committed_state(str(folder), {})) == {(0, "fp")}
     assert remove_leftovers(str(tmp_path / "nothing"), {}) == 0
+
+
+def test_a_marker_that_does_not_parse_counts_as_absent_and_is_removed(tmp_path, caplog):
+    # A folder named like a glob pattern, beside one it would match: each reads only its own markers.
+    folder, neighbour = tmp_path / "fleet" / "pick[1]", tmp_path / "fleet" / "pick1"
+    commit_shard(batch_to_table(_batch([9], ["ok"]), "h"), str(neighbour), {})
+    for episode in range(4):
+        commit_shard(batch_to_table(_batch([episode], ["ok"]), "h"), str(folder), {})
+    markers = sorted(folder.glob(f"*{MARKER_SUFFIX}"))
+    # A marker cut short by a crash of a version that wrote it in place, one that is not JSON (a bad
+    # disk), one naming another shard, and one with a null where its attempt number belongs.
+    markers[0].write_bytes(markers[0].read_bytes()[:40])
+    markers[1].write_bytes(b"\xff\xfe\x00garbage")
+    foreign = json.loads(markers[2].read_text())
+    markers[2].write_text(json.dumps({**foreign, "shard": "../elsewhere.parquet"}))
+    nulls = json.loads(markers[3].read_text())
+    markers[3].write_text(json.dumps({**nulls, "attempts": [None]}))
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.sinks"):
+        assert committed_state(str(folder), {}) == {}  # every episode is scored again
+    warned = "\n".join(record.getMessage() for record in caplog.records)
+    assert all(f"unreadable shard marker {marker}" in warned for marker in markers), warned
+
+    # The next run removes each broken marker with its shard, and reads the folder without warnings.
+    assert remove_leftovers(str(folder), {}) == 8
+    assert list(folder.iterdir()) == []
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="pipeline.sinks"):
+        assert committed_state(str(folder), {}) == {}
+    assert caplog.records == []
+    assert set(committed_state(str(neighbour), {})) == {(9, "fp")}
+
+
+class _Killed(BaseException):
+    """Stands for the process dying at this point."""
+
+
+def test_the_marker_is_written_in_one_step_after_its_shard(tmp_path, monkeypatch, caplog):
+    folder = tmp_path / "state"
+    with caplog.at_level(logging.DEBUG, logger="pipeline.atomic"):
+        shard = commit_shard(batch_to_table(_batch([0], ["ok"]), "h"), str(folder), {})
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("publish step ")]
+    marker = shard.removesuffix(".parquet") + MARKER_SUFFIX
+    assert steps == [f"publish step shard {shard}", f"publish step marker {marker}"]
+
+    # Killed while the marker is being written: its bytes are whole in a temporary file and the final
+    # name does not exist yet, so no reader can find half a marker; the shard is then a leftover.
+    real_replace = os.replace
+
+    def replace(source: str, destination: str) -> None:
+        if destination.endswith(MARKER_SUFFIX):
+            assert not os.path.exists(destination)
+            with open(source, "rb") as f:
+                assert json.load(f)["episodes"] == [1]
+            raise _Killed
+        real_replace(source, destination)
+
+    monkeypatch.setattr("pipeline.atomic.os.replace", replace)
+    with pytest.raises(_Killed):
+        commit_shard(batch_to_table(_batch([1], ["ok"]), "h"), str(folder), {})
+    monkeypatch.undo()
+    assert set(committed_state(str(folder), {})) == {(0, "fp")}
+    assert remove_leftovers(str(folder), {}) == 1
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [shard.rsplit("/", 1)[1], marker.rsplit("/", 1)[1]]
+    )
+
+
+def test_state_folders_stay_under_the_output():
+    assert state_uri("s3://out", "h", "fleet/a") == "s3://out/_state/h/fleet/a"
+    with pytest.raises(ValueError, match="not under the output"):
+        state_uri("s3://out", "h", "../../../elsewhere")
 
 
 def test_a_shard_that_cannot_be_written_comes_back_failed(tmp_path):

@@ -15,3 +15,33 @@ def test_s3fs_round_trip(s3):
         assert pq.read_table(f).equals(table)
     s3.rm(f"{BUCKET}/roundtrip", recursive=True)
     assert not s3.exists(f"{BUCKET}/roundtrip/t.parquet")
+
+
+def test_state_folder_on_s3_commits_in_one_put_and_drops_broken_markers(s3, s3_options):
+    import numpy as np
+
+    from pipeline.sinks import MARKER_SUFFIX, batch_to_table, commit_shard, committed_state, remove_leftovers
+
+    folder = f"s3://{BUCKET}/state-s3/_state/h/fleet/a"
+    for episode in (0, 1):
+        batch = {
+            "dataset_id": np.array(["fleet/a"], dtype=object),
+            "episode_index": np.array([episode]),
+            "status": np.array(["ok"], dtype=object),
+            "error": np.array([""], dtype=object),
+            "fingerprint": np.array(["fp"], dtype=object),
+            "attempt": np.array([1]),
+        }
+        commit_shard(batch_to_table(batch, "h"), folder, s3_options)
+    names = sorted(path.rsplit("/", 1)[1] for path in s3.ls(folder, refresh=True))
+    assert len(names) == 4 and not any(name.endswith(".tmp") for name in names)  # no temporary objects
+    assert set(committed_state(folder, s3_options)) == {(0, "fp"), (1, "fp")}
+
+    broken = next(name for name in names if name.startswith("ep-000001-") and name.endswith(MARKER_SUFFIX))
+    s3.pipe(f"{folder}/{broken}", b'{"shard": "ep-0')  # truncated
+    assert set(committed_state(folder, s3_options)) == {(0, "fp")}
+    assert remove_leftovers(folder, s3_options) == 2
+    assert all(
+        name.startswith("ep-000000-") for name in (p.rsplit("/", 1)[1] for p in s3.ls(folder, refresh=True))
+    )
+    s3.rm(f"{BUCKET}/state-s3", recursive=True)
