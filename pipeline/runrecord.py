@@ -109,4 +109,4 @@ class RunRecord:
 
 def read_run_records(output_uri: str, storage_options: dict[str, Any]) -> list[dict[str, Any]]:
     """Every run record under ``output_uri``, oldest first (run ids sort by start time)."""
-    return read_json_files(join_uri(output_uri, RUNS_DIR), "*.json", storage_options)
+    return read_json_files(join_uri(output_uri, RUNS_DIR), ".json", storage_options)

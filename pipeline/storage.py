@@ -211,18 +211,32 @@ def with_storage_retries(cfg: Any) -> Any:
     return replace(cfg, source=source, output=output)
 
 
-def read_json_files(folder_uri: str, pattern: str, storage_options: Mapping[str, Any]) -> list[Any]:
-    """The parsed JSON files matching ``pattern`` directly in a folder, by name; ``[]`` if it is absent.
+def read_json_files(folder_uri: str, suffix: str, storage_options: Mapping[str, Any]) -> list[Any]:
+    """The parsed JSON files directly in a folder whose names end with ``suffix``, by name; ``[]`` if absent.
 
-    The listing cache is dropped first: fsspec shares filesystem instances per process, and another run
-    in the same process may have listed this folder before.
+    The folder is listed and names are compared in Python: a folder or file name holding ``[``, ``*`` or
+    ``?`` is never read as a glob pattern (which would read a neighbour's files). The listing cache is
+    dropped first: fsspec shares filesystem instances per process, and another run in the same process
+    may have listed this folder before.
     """
     fs, folder = filesystem_for(folder_uri, storage_options)
+    folder = folder.rstrip("/")
     fs.invalidate_cache(folder)
     if not fs.exists(folder):
         return []
+    try:
+        entries = fs.ls(folder, detail=True)
+    except FileNotFoundError:
+        return []
+    paths = sorted(
+        entry["name"].rstrip("/")
+        for entry in entries
+        if entry["type"] == "file"
+        and posixpath.dirname(entry["name"].rstrip("/")) == folder
+        and posixpath.basename(entry["name"].rstrip("/")).endswith(suffix)
+    )
     found = []
-    for path in sorted(fs.glob(f"{folder}/{pattern}")):
+    for path in paths:
         with fs.open(path, "r") as f:
             found.append(json.load(f))
     return found

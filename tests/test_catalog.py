@@ -163,3 +163,181 @@ def test_s3_failures_never_show_credentials(synth_s3, s3, s3_options, caplog, ca
     captured = capsys.readouterr()
     for text in [*errors, captured.out, captured.err, caplog.text]:
         assert S3_SECRET not in text
+
+
+# ---- names are literal, never glob patterns -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pattern_fleet(tmp_path_factory) -> tuple[Path, dict[str, tuple[int, ...]]]:
+    """v3.0 datasets in folders named like glob patterns, beside the folders those patterns match."""
+    from devkit.synth import write_v30_dataset
+
+    base = tmp_path_factory.mktemp("patterns")
+    lengths = {"pick[1]": (7,), "pick1": (11, 12), "pick*": (8, 9, 10), "pickZ": (13,)}
+    for number, (name, episode_lengths) in enumerate(lengths.items()):
+        # Written under a plain name, then renamed: only the reader is under test, not lerobot's writer.
+        built = write_v30_dataset(base / f"build{number}", repo_id=f"synth/{number}", lengths=episode_lengths)
+        (base / "fleet").mkdir(exist_ok=True)
+        built.rename(base / "fleet" / name)
+    return base / "fleet", lengths
+
+
+def test_dataset_folders_named_like_patterns_read_their_own_metadata(pattern_fleet):
+    fleet, lengths = pattern_fleet
+    direct = list_episodes(SourceConfig(uris=[str(fleet / name) for name in lengths]))
+    discovered = list_episodes(SourceConfig(uris=[str(fleet)]))
+    for records in (direct, discovered):
+        assert all(r.status == "ok" for r in records), [r.error for r in records if r.error]
+        by_dataset: dict[str, list[int]] = {}
+        for record in records:
+            by_dataset.setdefault(record.dataset_id, []).append(record.length)
+            assert record.video_uri.startswith(f"{fleet}/{record.dataset_id.split('/')[1]}/videos/")
+        assert by_dataset == {f"fleet/{name}": list(n) for name, n in lengths.items()}
+
+
+# ---- global index ranges ---------------------------------------------------------------------------
+
+
+def _edit_v30_ranges(root: Path, ranges: dict[int, tuple[int, int]]) -> str:
+    """Sets episodes' (dataset_from_index, dataset_to_index) in a v3.0 episodes index; returns its path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = next((root / "meta/episodes").rglob("*.parquet"))
+    table = pq.read_table(path)
+    for column, position in (("dataset_from_index", 0), ("dataset_to_index", 1)):
+        values = table.column(column).to_pylist()
+        for episode, bounds in ranges.items():
+            values[episode] = bounds[position]
+        index = table.schema.get_field_index(column)
+        table = table.set_column(index, column, pa.array(values, pa.int64()))
+    pq.write_table(table, path)
+    return path.relative_to(root).as_posix()
+
+
+@pytest.mark.parametrize(
+    ("ranges", "fragment"),
+    [
+        # Episode 2 shifted 5 frames down: it overlaps episode 1 (lengths still agree).
+        ({2: (48, 93)}, "episode 2's global index range [48, 93) overlaps or precedes episode 1's [20, 53)"),
+        # Episode 0 moved past the others: disjoint, but out of episode order.
+        (
+            {0: (200, 220)},
+            "episode 1's global index range [20, 53) overlaps or precedes episode 0's [200, 220)",
+        ),
+    ],
+    ids=["overlap", "out_of_order"],
+)
+def test_v30_overlapping_or_unordered_ranges_fail_the_dataset(synth_dir, tmp_path, ranges, fragment):
+    root = _copy_meta(synth_dir / "v30", tmp_path / "fleet" / "ranges")
+    episodes_file = _edit_v30_ranges(root, ranges)
+    records = list_episodes(SourceConfig(uris=[str(root)]))
+    assert len(records) == 1 and records[0].status == "failed" and records[0].episode_index == -1
+    assert records[0].error == f"fleet/ranges: {root}/{episodes_file}: {fragment}"
+
+
+def test_v30_range_that_disagrees_with_the_length_fails_its_episode(synth_dir, tmp_path):
+    root = _copy_meta(synth_dir / "v30", tmp_path / "fleet" / "short")
+    episodes_file = _edit_v30_ranges(root, {1: (20, 50)})  # length is 33
+    records = list_episodes(SourceConfig(uris=[str(root)]))
+    assert [r.status for r in records] == ["ok", "failed", "ok", "ok"]
+    assert records[1].error == (
+        f"fleet/short: episode 1: {root}/{episodes_file}: global index range [20, 50) does not hold its "
+        "length of 33 frames"
+    )
+
+
+def test_v21_overlapping_data_indices_fail_the_dataset(synth_dir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "fleet" / "v21_overlap"
+    shutil.copytree(synth_dir / "v21", root)
+    data = root / "data/chunk-000/episode_000002.parquet"
+    table = pq.read_table(data)
+    shifted = pa.array([value - 5 for value in table.column("index").to_pylist()], pa.int64())
+    pq.write_table(table.set_column(table.schema.get_field_index("index"), "index", shifted), data)
+
+    records = list_episodes(SourceConfig(uris=[str(root)]))
+    assert len(records) == 1 and records[0].status == "failed"
+    assert records[0].error == (
+        f"fleet/v21_overlap: {data}: episode 2's global index range [48, 93) overlaps or precedes episode "
+        f"1's [20, 53) (in {root}/data/chunk-000/episode_000001.parquet)"
+    )
+
+
+# ---- fingerprints see the stored objects ------------------------------------------------------------
+
+
+def _fingerprints(uri: str, options: dict | None = None, camera: str | None = None) -> dict[int, str]:
+    records = list_episodes(SourceConfig(uris=[uri], storage_options=options or {}, camera=camera))
+    assert all(r.status == "ok" for r in records)
+    return {r.episode_index: r.fingerprint() for r in records}
+
+
+def _rewritten(data: bytes) -> bytes:
+    """Other bytes of another size: a re-encode under the same name, with the same metadata."""
+    return data + b"\0" * 16
+
+
+def test_rewritten_v21_video_or_data_file_changes_only_its_episode(synth_dir, tmp_path):
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "fleet" / "v21"
+    shutil.copytree(synth_dir / "v21", root)
+    before = _fingerprints(str(root))
+    wrist_before = _fingerprints(str(root), camera=WRIST)
+
+    video = root / f"videos/chunk-000/{FRONT}/episode_000001.mp4"
+    video.write_bytes(_rewritten(video.read_bytes()))
+    data = root / "data/chunk-000/episode_000003.parquet"
+    pq.write_table(pq.read_table(data), data, compression="none")  # same rows, other bytes
+    after = _fingerprints(str(root))
+    assert [episode for episode in before if before[episode] != after[episode]] == [1, 3]
+    # The wrist camera's episode 1 reads another video: only the shared data file of episode 3 changed.
+    wrist_after = _fingerprints(str(root), camera=WRIST)
+    assert [episode for episode in wrist_before if wrist_before[episode] != wrist_after[episode]] == [3]
+
+
+def test_rewritten_v30_packed_video_changes_the_episodes_it_holds(synth_dir, tmp_path):
+    root = tmp_path / "fleet" / "v30"
+    shutil.copytree(synth_dir / "v30", root)
+    before = _fingerprints(str(root))
+    video = root / f"videos/{FRONT}/chunk-000/file-000.mp4"
+    video.write_bytes(_rewritten(video.read_bytes()))
+    after = _fingerprints(str(root))
+    assert all(before[episode] != after[episode] for episode in before)  # all four share one file
+    assert _fingerprints(str(root), camera=WRIST) == _fingerprints(str(root), camera=WRIST)
+
+
+def test_video_missing_from_the_listing_keeps_its_episode(synth_dir, tmp_path):
+    root = tmp_path / "fleet" / "gone"
+    shutil.copytree(synth_dir / "v21", root)
+    (root / f"videos/chunk-000/{FRONT}/episode_000002.mp4").unlink()
+    records = list_episodes(SourceConfig(uris=[str(root)]))
+    assert [r.status for r in records] == ["ok"] * 4
+    assert records[2].source_identity.startswith("video[absent] data[size=")
+    assert all(r.source_identity.startswith("video[size=") for r in records if r.episode_index != 2)
+
+
+@pytest.mark.parametrize("store", ["s3", "gs"])
+def test_rewritten_video_in_object_storage_changes_only_its_episode(request, synth_dir, store):
+    """On moto S3 (the ETag) and the GCS emulator (the generation), from one listing per dataset."""
+    from pipeline.storage import upload_dataset
+
+    if store == "s3":
+        fs, options, marker = request.getfixturevalue("s3"), request.getfixturevalue("s3_options"), "ETag="
+    else:
+        import gcsfs
+
+        options, marker = request.getfixturevalue("gcs_options"), "generation="
+        fs = gcsfs.GCSFileSystem(**options, use_listings_cache=False)
+    uri = upload_dataset(synth_dir / "v21", fs, f"{store}://{BUCKET}/identity/v21")
+    before = _fingerprints(uri, options)
+    key = f"{BUCKET}/identity/v21/videos/chunk-000/{FRONT}/episode_000002.mp4"
+    fs.pipe(key, _rewritten(fs.cat(key)))
+    records = list_episodes(SourceConfig(uris=[uri], storage_options=options))
+    after = {r.episode_index: r.fingerprint() for r in records}
+    assert [episode for episode in before if before[episode] != after[episode]] == [2]
+    assert marker in records[2].source_identity
