@@ -35,8 +35,9 @@ import ray
 from devkit.fake_labels import commit_scores, job_for, lengths_of
 from devkit.synth import write_v30_dataset
 from pipeline.config import PublishConfig, load_config
-from pipeline.publish import CURATED_DIR, RECORD_FILE, PublishOutcome, publish_all
-from pipeline.versions import resolve_curated
+from pipeline.curated.pointer import resolve_curated
+from pipeline.layout import CURATED_DIR, RECORD_FILE
+from pipeline.publish import PublishOutcome, publish_all
 
 # No-op runs are milliseconds: the median of a few is reported.
 NOOP_REPEATS = 5

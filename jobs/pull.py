@@ -28,9 +28,9 @@ from typing import Any
 from lerobot.datasets.utils import INFO_PATH
 
 from pipeline.config import ConfigError, load_config
-from pipeline.publish import CURATED_DIR, EPISODES_FILE, PROGRESS_FILE
+from pipeline.curated.pointer import resolve_curated
+from pipeline.layout import CURATED_DIR, EPISODES_FILE, PROGRESS_FILE
 from pipeline.storage import filesystem_for, join_uri, redact
-from pipeline.versions import resolve_curated
 
 
 def pull_curated(uri: str, dest: Path, storage_options: Mapping[str, Any] | None) -> list[Path]:

@@ -10,7 +10,7 @@
         episodes.parquet            one row per episode
         topreward_progress.parquet  LeRobot's RA-BC progress file
         _published.json             what the last complete publish was made from, and by which run
-        curated/current.json        the curated versions' pointer (pipeline.versions)
+        curated/current.json        the curated versions' pointer (pipeline.curated.pointer)
         curated/v000001/ ...        curated LeRobot v3.0 versions
 
 Every URI is built through :class:`OutputLayout` / :class:`DatasetLayout`, whose constructors pass each

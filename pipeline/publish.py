@@ -7,7 +7,7 @@ Under ``<output>/<dataset_id>/``:
   metadata; one row per raw frame of every ``ok`` episode.
 * ``episodes.parquet``: one row per episode with its status, error, prefix table, success and VOC.
 * ``curated/``: versions of a LeRobot v3.0 dataset of the selected episodes behind the pointer
-  ``curated/current.json`` (``pipeline.curate``, ``pipeline.versions``).
+  ``curated/current.json`` (``pipeline.curated``).
 * ``_published.json``: the digest of what the last complete publish was made from, written last.
 
 :func:`publish_all` runs on the driver: a dataset whose digest (its committed entries, state folder,
@@ -15,8 +15,8 @@ model, success and curation settings) equals the recorded one is left untouched,
 data costs one small read per dataset. The others are published by one Ray task each
 (:func:`publish_dataset`), in parallel; a task never raises: any failure becomes a ``failed`` outcome
 naming the dataset, the file and the reason, and the other datasets complete. The protocol that keeps
-every file readable while it is replaced is in ``pipeline.atomic`` / ``pipeline.curate`` and
-``docs/publishing.md``.
+every file readable while it is replaced is in ``pipeline.atomic`` / ``pipeline.curated`` and
+``docs/publishing.md``. Every path written comes from ``pipeline.layout``.
 """
 
 from __future__ import annotations
@@ -33,21 +33,19 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
-from lerobot.rewards.topreward.compute_rabc_weights import DEFAULT_OUTPUT_FILENAME as PROGRESS_FILE
 
 from pipeline.atomic import FileError, touching, write_bytes, write_parquet
 from pipeline.config import RelabelConfig
-from pipeline.curate import CurationError, write_curated_dataset
+from pipeline.curated.builder import write_curated_dataset
+from pipeline.curated.pointer import pointer_age_s
+from pipeline.curated.source import CurationError
+from pipeline.layout import EPISODES_FILE, PROGRESS_FILE, DatasetLayout, OutputLayout
 from pipeline.sinks import CommittedEpisode, read_rows
 from pipeline.stages.label import redecide
-from pipeline.storage import ensure_under, filesystem_for, join_uri, redact
-from pipeline.versions import pointer_age_s
+from pipeline.storage import filesystem_for, join_uri, redact
 
 log = logging.getLogger(__name__)
 
-EPISODES_FILE = "episodes.parquet"
-CURATED_DIR = "curated"
-RECORD_FILE = "_published.json"
 # Bumped when the published layout changes, so every dataset is republished once in the new layout
 # (2: the curated dataset became versions behind a pointer).
 PROTOCOL_VERSION = 2
@@ -169,18 +167,10 @@ def publish_digest(job: PublishJob, cfg: RelabelConfig) -> str:
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()
 
 
-def _uris(job: PublishJob, cfg: RelabelConfig) -> dict[str, str]:
-    """Every path the dataset's publish writes, each checked to stay under ``output.uri``."""
-    base = ensure_under(join_uri(cfg.output.uri, job.dataset_id), cfg.output.uri)
-    names = {
-        "episodes": EPISODES_FILE,
-        "progress": PROGRESS_FILE,
-        "curated": CURATED_DIR,
-        "record": RECORD_FILE,
-    }
-    return {"base": base} | {
-        key: ensure_under(join_uri(base, name), cfg.output.uri) for key, name in names.items()
-    }
+def _layout(job: PublishJob, cfg: RelabelConfig) -> DatasetLayout:
+    """Every path the dataset's publish writes, each checked to stay under ``output.uri`` (a dataset id
+    that climbs out is refused at once)."""
+    return OutputLayout(cfg.output.uri).dataset(job.dataset_id)
 
 
 def _read_record(uri: str, storage_options: dict[str, Any]) -> dict[str, Any] | None:
@@ -191,13 +181,15 @@ def _read_record(uri: str, storage_options: dict[str, Any]) -> dict[str, Any] | 
         return None
 
 
-def _outcome(job: PublishJob, cfg: RelabelConfig, uris: dict[str, str], **fields: Any) -> PublishOutcome:
+def _outcome(
+    job: PublishJob, cfg: RelabelConfig, episodes_uri: str, progress_uri: str, **fields: Any
+) -> PublishOutcome:
     values = {
         "dataset_id": job.dataset_id,
         "status": "published",
         "error": "",
-        "episodes_uri": uris["episodes"],
-        "progress_uri": uris["progress"],
+        "episodes_uri": episodes_uri,
+        "progress_uri": progress_uri,
         "curated_uri": None,
         "curated_episodes": 0,
         "threshold": cfg.success.threshold,
@@ -214,12 +206,13 @@ def _failed(job: PublishJob, cfg: RelabelConfig, err: BaseException) -> PublishO
         redact(f"{job.dataset_id}: {where}", cfg.output.storage_options), cfg.source.storage_options
     )
     log.warning("publish failed: %s", error)
-    uris = {"episodes": join_uri(base, EPISODES_FILE), "progress": join_uri(base, PROGRESS_FILE)}
-    return _outcome(job, cfg, uris, status="failed", error=error)
+    # Not through the layout's checks: reporting a refused dataset id must not raise again.
+    episodes_uri, progress_uri = join_uri(base, EPISODES_FILE), join_uri(base, PROGRESS_FILE)
+    return _outcome(job, cfg, episodes_uri, progress_uri, status="failed", error=error)
 
 
 def _publish(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
-    uris = _uris(job, cfg)
+    layout = _layout(job, cfg)
     options = cfg.output.storage_options
     with touching(job.state_uri):
         rows = read_rows(job.state_uri, job.episodes, options)
@@ -232,7 +225,7 @@ def _publish(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
     curated = write_curated_dataset(
         job.root,
         episodes,
-        uris["curated"],
+        layout.curated,
         progress,
         source_options=cfg.source.storage_options,
         dest_options=options,
@@ -243,12 +236,13 @@ def _publish(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
     # The curated set first, then the two tables that describe it, then the record: a reader sees the
     # new selection in episodes.parquet only once the curated set holds it.
     written = curated.bytes_written
-    for table, key in ((rows.select(list(EPISODE_COLUMNS)), "episodes"), (progress, "progress")):
-        written += write_parquet(table, uris[key], options)
+    for table, uri in ((rows.select(list(EPISODE_COLUMNS)), layout.episodes), (progress, layout.progress)):
+        written += write_parquet(table, uri, options)
     outcome = _outcome(
         job,
         cfg,
-        uris,
+        layout.episodes,
+        layout.progress,
         curated_uri=curated.uri,
         curated_episodes=curated.episodes,
         curated_mode=curated.mode,
@@ -267,7 +261,7 @@ def _publish(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
         "curation_enabled": outcome.curation_enabled,
     }
     write_bytes(
-        json.dumps(record, sort_keys=True, indent=1).encode(), uris["record"], options, name="recorded"
+        json.dumps(record, sort_keys=True, indent=1).encode(), layout.record, options, name="recorded"
     )
     return outcome
 
@@ -282,20 +276,21 @@ def publish_dataset(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
 
 def _unchanged(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome | None:
     """The outcome of a dataset whose inputs equal its last publish's, from its record; else None."""
-    uris = _uris(job, cfg)
+    layout = _layout(job, cfg)
     options = cfg.output.storage_options
-    record = _read_record(uris["record"], options)
+    record = _read_record(layout.record, options)
     if record is None or record.get("digest") != publish_digest(job, cfg):
         return None
-    if record["superseded"] and pointer_age_s(uris["curated"], options) >= cfg.publish.keep_superseded_s:
+    if record["superseded"] and pointer_age_s(layout.curated, options) >= cfg.publish.keep_superseded_s:
         return None  # a superseded version is due for removal: publishing again removes it
     version = record["curated_version"]
     return _outcome(
         job,
         cfg,
-        uris,
+        layout.episodes,
+        layout.progress,
         status="unchanged",
-        curated_uri=join_uri(uris["curated"], version) if version else None,
+        curated_uri=join_uri(layout.curated, version) if version else None,
         curated_episodes=record["curated_episodes"],
     )
 

@@ -28,9 +28,10 @@ import pyarrow.parquet as pq
 from devkit.fake_labels import MODEL, job_for
 from jobs.pull import pull_curated
 from pipeline.config import RelabelConfig, load_config
-from pipeline.publish import CURATED_DIR, EPISODES_FILE, PROGRESS_FILE, publish_dataset
+from pipeline.curated.pointer import resolve_curated
+from pipeline.layout import CURATED_DIR, EPISODES_FILE, PROGRESS_FILE
+from pipeline.publish import publish_dataset
 from pipeline.storage import filesystem_for, join_uri
-from pipeline.versions import resolve_curated
 
 KILLED = 17
 

@@ -15,11 +15,14 @@ import pyarrow.parquet as pq
 import pytest
 from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
+from lerobot.rewards.topreward.compute_rabc_weights import DEFAULT_OUTPUT_FILENAME
 
 from devkit import synth
-from pipeline.curate import PROGRESS_FILENAME, CurationError, write_curated_dataset
+from pipeline.curated.builder import write_curated_dataset
+from pipeline.curated.pointer import resolve_curated
+from pipeline.curated.source import CurationError
+from pipeline.layout import PROGRESS_FILE
 from pipeline.storage import upload_dataset
-from pipeline.versions import resolve_curated
 from tests.conftest import BUCKET
 
 LENGTHS = (15, 20, 18, 25, 16)
@@ -54,12 +57,17 @@ def curated(v30_source: Path, progress: pa.Table, tmp_path_factory: pytest.TempP
     return Path(summary.uri)
 
 
+def test_progress_file_name_is_the_one_lerobot_reads() -> None:
+    # pipeline.layout names it without importing LeRobot; LeRobot's RA-BC weighting looks for this name.
+    assert PROGRESS_FILE == DEFAULT_OUTPUT_FILENAME
+
+
 def _to_uint8_hwc(image) -> np.ndarray:
     return (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
 
 
 def _packets_between(path: Path, from_s: float, to_s: float) -> list[bytes]:
-    """Payloads of the packets whose pts fall in [from_s, to_s), read independently of curate.py."""
+    """Payloads of the packets whose pts fall in [from_s, to_s), read independently of pipeline.curated."""
     half_frame = 0.5 / FPS
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
@@ -144,7 +152,7 @@ def test_videos_are_stream_copied_not_reencoded(v30_source: Path, curated: Path)
 
 
 def test_progress_is_reindexed_to_the_new_global_index(curated: Path, progress: pa.Table) -> None:
-    written = pq.read_table(curated / PROGRESS_FILENAME)
+    written = pq.read_table(curated / PROGRESS_FILE)
     assert written.schema == progress.schema and written.schema.metadata == progress.schema.metadata
     frames = pq.read_table(curated / "data", columns=["index", "episode_index", "frame_index"])
     assert written.select(["index", "episode_index", "frame_index"]).equals(frames.sort_by("index"))
@@ -172,7 +180,7 @@ def test_s3_source_to_s3_destination(
     assert LeRobotDatasetMetadata("dst", root=local).total_episodes == len(SELECTED)
     _assert_same_packets(v30_source, local, SELECTED)
     _assert_frames_match_source(v30_source, local, SELECTED)
-    assert pq.read_table(local / PROGRESS_FILENAME).num_rows == sum(LENGTHS[i] for i in SELECTED)
+    assert pq.read_table(local / PROGRESS_FILE).num_rows == sum(LENGTHS[i] for i in SELECTED)
 
 
 def test_v21_source_and_camera_subset(tmp_path: Path) -> None:
@@ -185,7 +193,7 @@ def test_v21_source_and_camera_subset(tmp_path: Path) -> None:
     meta = LeRobotDatasetMetadata("dst", root=dest)
     assert meta.video_keys == [front] and meta.info.codebase_version == "v3.0"
     assert set(meta.episodes[f"videos/{front}/file_index"]) == {0}  # separate source files, one packed mp4
-    assert not (dest / PROGRESS_FILENAME).exists()
+    assert not (dest / PROGRESS_FILE).exists()
     dst = LeRobotDataset("dst", root=dest, video_backend="pyav")
     for position in (0, 11, 12, 25):
         item = dst[position]
@@ -225,14 +233,10 @@ def test_empty_selection_writes_nothing(v30_source: Path, tmp_path: Path) -> Non
     assert not (tmp_path / "curated").exists()
 
 
-def test_versions_behind_the_pointer_and_the_in_place_layout_replaced(
-    v30_source: Path, tmp_path: Path
-) -> None:
+def test_versions_behind_the_pointer(v30_source: Path, tmp_path: Path) -> None:
     dest = tmp_path / "curated"
-    # Protocol 1 kept the dataset in place under curated/: the first publish replaces it.
-    (dest / "meta").mkdir(parents=True)
-    (dest / "meta" / "info.json").write_text("{}")
-    (dest / ".current.json.0123.tmp").write_text("a write cut short")
+    dest.mkdir()
+    (dest / ".current.json.0123.tmp").write_text("a write cut short")  # removed by the next call
     first = write_curated_dataset(str(v30_source), [0, 1, 3], str(dest))
     assert sorted(p.name for p in dest.iterdir()) == ["current.json", "v000001"]
     assert json.loads((dest / "current.json").read_text()) == {"root": "v000001", "version": 1}

@@ -8,10 +8,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.publish import CURATED_DIR, EPISODES_FILE, PROGRESS_FILE
+from pipeline.curated.pointer import resolve_curated
+from pipeline.layout import CURATED_DIR, EPISODES_FILE, PROGRESS_FILE
 from pipeline.relabel import run
 from pipeline.storage import upload_dataset
-from pipeline.versions import resolve_curated
 from tests.conftest import BUCKET, SYNTH_LENGTHS, relabel_config
 
 pytestmark = pytest.mark.slow

@@ -15,11 +15,11 @@ import pytest
 
 from devkit.faulty_proxy import faulty_proxy
 from devkit.synth import write_v21_dataset, write_v30_dataset
-from pipeline.publish import EPISODES_FILE, PROGRESS_FILE
+from pipeline.curated.pointer import resolve_curated
+from pipeline.layout import EPISODES_FILE, PROGRESS_FILE
 from pipeline.relabel import format_summary, run
 from pipeline.runrecord import read_run_records
 from pipeline.storage import upload_dataset
-from pipeline.versions import resolve_curated
 from tests.conftest import BUCKET, relabel_config
 
 pytestmark = pytest.mark.slow

@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from pipeline.catalog import list_episodes
+from pipeline.curated.pointer import resolve_curated
 from pipeline.frames.decode import decode_episode
 from pipeline.layout import EPISODES_FILE, PROGRESS_FILE
 from pipeline.relabel import format_summary, run
 from pipeline.scoring.inputs import EpisodeClip
 from pipeline.scoring.scorer import PrefixScorer
 from pipeline.stages.label import label_episode
-from pipeline.versions import resolve_curated
 from tests.conftest import BUCKET, SYNTH_LENGTHS, relabel_config
 
 pytestmark = pytest.mark.slow

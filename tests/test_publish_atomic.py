@@ -15,10 +15,11 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from devkit import synth
 from devkit.fake_labels import commit_scores, job_for, lengths_of
-from pipeline.publish import CURATED_DIR, RECORD_FILE, publish_dataset
+from pipeline.curated.pointer import resolve_curated
+from pipeline.layout import CURATED_DIR, POINTER_FILE, RECORD_FILE
+from pipeline.publish import publish_dataset
 from pipeline.sinks import STATE_DIR
 from pipeline.storage import upload_dataset
-from pipeline.versions import POINTER_FILE, resolve_curated
 from tests.conftest import BUCKET, PROJECT_ROOT
 from tests.publish_support import KILLED, Files, config, wait_for
 

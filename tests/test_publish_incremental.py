@@ -13,9 +13,9 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from devkit import synth
 from devkit.fake_labels import commit_scores, job_for, lengths_of
-from pipeline.curate import PROGRESS_FILENAME
-from pipeline.publish import CURATED_DIR, PROGRESS_FILE, RECORD_FILE, publish_all
-from pipeline.versions import POINTER_FILE, resolve_curated
+from pipeline.curated.pointer import resolve_curated
+from pipeline.layout import CURATED_DIR, POINTER_FILE, PROGRESS_FILE, RECORD_FILE
+from pipeline.publish import publish_all
 from tests.publish_support import Files, config
 
 pytestmark = pytest.mark.slow
@@ -65,11 +65,11 @@ def _assert_curated_lines_up(base: Path, sources: list[int]) -> None:
         (last[synth.DEFAULT_CAMERAS[0]].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
     )
     assert code == (0, sources[-1], LENGTHS[sources[-1]] - 1)
-    progress = pq.read_table(curated / PROGRESS_FILENAME)
+    progress = pq.read_table(curated / PROGRESS_FILE)
     frames = pq.read_table(curated / "data", columns=["index", "episode_index", "frame_index"])
     assert progress.select(["index", "episode_index", "frame_index"]).equals(frames.sort_by("index"))
     # commit_scores wrote progress 0..1 over each episode: it starts at 0 on every episode's first frame.
-    starts = progress.filter(pq.read_table(curated / PROGRESS_FILENAME)["frame_index"].to_numpy() == 0)
+    starts = progress.filter(pq.read_table(curated / PROGRESS_FILE)["frame_index"].to_numpy() == 0)
     assert np.all(starts["progress_sparse"].to_numpy() == 0)
 
 
@@ -97,7 +97,7 @@ def test_noop_run_touches_nothing_and_new_episodes_append(ray_session, source: P
     after = Files.of(base)
     version = f"{CURATED_DIR}/v000001"
     kept = {p for p in before.found if p.startswith(f"{version}/") and p.endswith((".mp4", ".parquet"))}
-    kept -= {f"{version}/meta/tasks.parquet", f"{version}/{PROGRESS_FILENAME}"}
+    kept -= {f"{version}/meta/tasks.parquet", f"{version}/{PROGRESS_FILE}"}
     assert kept and all(after.found[p] == before.found[p] for p in kept)
     assert after.found[f"{CURATED_DIR}/{POINTER_FILE}"] == before.found[f"{CURATED_DIR}/{POINTER_FILE}"]
     new_videos = [p for p in set(after.found) - set(before.found) if p.endswith(".mp4")]

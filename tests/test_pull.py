@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jobs.pull import main, pull
-from pipeline.versions import Pointer
+from pipeline.curated.pointer import Pointer
 from tests.conftest import BUCKET
 
 FILES = {

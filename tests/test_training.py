@@ -25,7 +25,7 @@ import torch
 
 from jobs.pull import main as pull_main
 from pipeline.config import load_config
-from pipeline.publish import CURATED_DIR, PROGRESS_FILE
+from pipeline.layout import CURATED_DIR, PROGRESS_FILE
 from pipeline.relabel import run
 from tests.conftest import BUCKET, SYNTH_LENGTHS
 

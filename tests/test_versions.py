@@ -1,16 +1,17 @@
-"""The curated pointer on every store: round trip, resolution, and its age (what the grace time reads)."""
+"""The curated pointer (``pipeline.curated.pointer``) on every store: round trip, resolution, and its
+age (what the grace time reads); and that readers can import it without the heavy libraries."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import time
 
 import pytest
 
 from pipeline.atomic import write_bytes
-from pipeline.storage import join_uri
-from pipeline.versions import (
-    POINTER_FILE,
+from pipeline.curated.pointer import (
     Pointer,
     pointer_age_s,
     read_pointer,
@@ -18,7 +19,19 @@ from pipeline.versions import (
     version_folder,
     version_number,
 )
-from tests.conftest import BUCKET
+from pipeline.layout import POINTER_FILE
+from pipeline.storage import join_uri
+from tests.conftest import BUCKET, PROJECT_ROOT
+
+
+def test_the_pointer_module_imports_nothing_heavy() -> None:
+    # Readers (jobs.pull, the report) resolve the pointer without loading PyAV, LeRobot, torch or Ray.
+    heavy = ("av", "lerobot", "torch", "ray")
+    code = f"import sys, pipeline.curated.pointer; print([m for m in {heavy!r} if m in sys.modules])"
+    found = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    )
+    assert found.stdout.strip() == "[]"
 
 
 def test_version_names() -> None:

@@ -17,9 +17,9 @@ from lerobot.datasets.utils import INFO_PATH
 
 from pipeline.catalog import EpisodeRecord, list_episodes
 from pipeline.config import SourceConfig
-from pipeline.publish import CURATED_DIR, EPISODES_FILE
+from pipeline.curated.pointer import resolve_curated
+from pipeline.layout import CURATED_DIR, EPISODES_FILE
 from pipeline.storage import filesystem_for, join_uri, redact
-from pipeline.versions import resolve_curated
 
 # The folder every LeRobot video_path template starts with (v3.0 and v2.1), right under the root.
 VIDEOS_DIR = "videos"

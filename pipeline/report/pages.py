@@ -17,7 +17,7 @@ import numpy as np
 
 from pipeline.config import ConfigError, RelabelConfig
 from pipeline.frames.decode import decode_frames
-from pipeline.publish import EPISODES_FILE
+from pipeline.layout import EPISODES_FILE
 from pipeline.report.config import ReportConfig, ReportJob
 from pipeline.report.outputs import (
     SourceEpisodes,

@@ -1,4 +1,4 @@
-"""The curated dataset's versions: whole LeRobot roots behind a one-file pointer.
+"""The curated dataset's pointer: the one file that names the current version.
 
 A published curated dataset is a folder of versions and a pointer naming the current one::
 
@@ -11,6 +11,9 @@ Readers resolve the pointer **once** (:func:`resolve_curated`, one small GET) an
 every file that root needs was written before the pointer named it, and it is not removed while a reader
 can still be using it. The pointer is a single file replaced in one step (``pipeline.atomic``), so a
 reader gets the old version or the new one, on local disk, S3 and GCS alike. See ``docs/publishing.md``.
+
+This module imports nothing heavy (no PyAV, LeRobot, torch or Ray): ``jobs.pull`` and the report use it.
+The writing side is :mod:`pipeline.curated.store`.
 """
 
 from __future__ import annotations
@@ -23,9 +26,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.atomic import touching
+from pipeline.layout import POINTER_FILE
 from pipeline.storage import filesystem_for, join_uri
 
-POINTER_FILE = "current.json"
 _VERSION_NAME = re.compile(r"^v(\d{6})$")
 
 

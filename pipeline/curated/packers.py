@@ -1,0 +1,167 @@
+"""Packed files of the curated dataset: episodes' data rows and video packets written back to back.
+
+Like LeRobot's recorder, episodes are packed into ``data/chunk-XXX/file-XXX.parquet`` and
+``videos/<key>/chunk-XXX/file-XXX.mp4`` files that roll over at the source's size limits. Videos are
+**remuxed, not re-encoded**: each episode's packets are stream-copied with shifted timestamps, so pixels
+are bit-identical and copying costs no decode. Each finished file is handed to ``on_close`` (which
+uploads it), so temporary space is one open file per camera plus one data file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import av
+import pyarrow as pa
+from lerobot.datasets.io_utils import write_table_one_row_group_per_episode
+from lerobot.datasets.utils import DatasetInfo, update_chunk_file_indices
+
+from pipeline.curated.source import VideoSpan
+
+_MB = 1024**2
+
+FileIndex = tuple[int, int]  # (chunk_index, file_index)
+
+
+def next_index(index: FileIndex | None, chunks_size: int) -> FileIndex:
+    """The file index after ``index`` (``(0, 0)`` for none): fresh files never reuse a published name."""
+    return (0, 0) if index is None else update_chunk_file_indices(index[0], index[1], chunks_size)
+
+
+class RollingFiles:
+    """Chunk/file indices of packed files that roll over at a size limit, like lerobot's recorder."""
+
+    def __init__(self, limit_mb: float, chunks_size: int, start: FileIndex) -> None:
+        self.chunk_index, self.file_index = start
+        self._limit = limit_mb * _MB
+        self._chunks_size = chunks_size
+        self._used: int | None = None  # None until the first file is opened
+
+    def reserve(self, nbytes: int, *, fresh: bool = False) -> bool:
+        """Accounts for the next episode's bytes.
+
+        Args:
+            nbytes: Size the episode adds to its file.
+            fresh: Start a new file whatever the size (e.g. the codec parameters changed).
+
+        Returns:
+            True when the episode must go into a new file; the indices then already name it.
+        """
+        if self._used is not None and (fresh or self._used + nbytes > self._limit):
+            self.chunk_index, self.file_index = update_chunk_file_indices(
+                self.chunk_index, self.file_index, self._chunks_size
+            )
+            self._used = None
+        new_file = self._used is None
+        self._used = (self._used or 0) + nbytes
+        return new_file
+
+
+class DataPacker:
+    """Appends episodes' rows to new packed data parquet files; hands each finished file to ``on_close``."""
+
+    def __init__(
+        self, root: Path, info: DatasetInfo, start: FileIndex, on_close: Callable[[Path], None]
+    ) -> None:
+        self._root, self._info, self._on_close = root, info, on_close
+        self._files = RollingFiles(info.data_files_size_in_mb, info.chunks_size, start)
+        self._tables: list[pa.Table] = []
+        self._path: Path | None = None
+
+    def append(self, rows: pa.Table) -> dict[str, int]:
+        """Queues one episode's rows; returns its ``data/chunk_index`` and ``data/file_index``."""
+        # Arrow's in-memory size stands in for the uncompressed parquet size lerobot's writer compares.
+        if self._files.reserve(rows.nbytes):
+            self.close()
+            self._path = self._root / self._info.data_path.format(
+                chunk_index=self._files.chunk_index, file_index=self._files.file_index
+            )
+        self._tables.append(rows)
+        return {"data/chunk_index": self._files.chunk_index, "data/file_index": self._files.file_index}
+
+    def close(self) -> None:
+        """Writes the queued rows of the current file (one row group per episode, as lerobot does)."""
+        if self._tables:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            write_table_one_row_group_per_episode(pa.concat_tables(self._tables), self._path)
+            self._tables = []
+            self._on_close(self._path)
+
+
+def codec_signature(stream: av.video.stream.VideoStream) -> tuple[Any, ...]:
+    """What must be equal for packets to share an output stream: the parameters they were encoded with."""
+    ctx = stream.codec_context
+    return (
+        ctx.name,
+        ctx.width,
+        ctx.height,
+        ctx.format.name if ctx.format else None,
+        ctx.extradata,
+        stream.time_base,
+    )
+
+
+class VideoPacker:
+    """Stream-copies one camera's episodes back to back into new packed mp4 files (``on_close`` each)."""
+
+    def __init__(
+        self, root: Path, info: DatasetInfo, key: str, start: FileIndex, on_close: Callable[[Path], None]
+    ) -> None:
+        self._root, self._info, self._key, self._on_close = root, info, key, on_close
+        self._files = RollingFiles(info.video_files_size_in_mb, info.chunks_size, start)
+        self._container: av.container.OutputContainer | None = None
+        self._path: Path | None = None
+        self._stream: av.video.stream.VideoStream | None = None
+        self._signature: tuple[Any, ...] | None = None
+        self._next_pts = 0
+
+    def append(
+        self, source: av.video.stream.VideoStream, packets: list[av.Packet], span: VideoSpan
+    ) -> dict[str, Any]:
+        """Muxes one episode's packets after the previous one's; returns its ``videos/<key>/*`` columns."""
+        signature = codec_signature(source)
+        if self._files.reserve(sum(p.size for p in packets), fresh=signature != self._signature):
+            self._open(source, signature)
+        start = packets[0].pts
+        end = max(p.pts + p.duration for p in packets)
+        # One integer shift for every packet keeps the episode's internal timing exact (B-frame pts/dts
+        # offsets included); the stored timestamps move by the same amount.
+        shift = self._next_pts - start
+        for packet in packets:
+            packet.pts += shift
+            packet.dts += shift
+            packet.stream = self._stream
+            self._container.mux(packet)
+        self._next_pts += end - start
+        offset_s = float(shift * source.time_base)
+        prefix = f"videos/{self._key}"
+        return {
+            f"{prefix}/chunk_index": self._files.chunk_index,
+            f"{prefix}/file_index": self._files.file_index,
+            f"{prefix}/from_timestamp": span.from_s + offset_s,
+            f"{prefix}/to_timestamp": span.to_s + offset_s,
+        }
+
+    def _open(self, source: av.video.stream.VideoStream, signature: tuple[Any, ...]) -> None:
+        self.close()
+        path = self._root / self._info.video_path.format(
+            video_key=self._key, chunk_index=self._files.chunk_index, file_index=self._files.file_index
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
+        # Same muxing set-up as lerobot's concatenate_video_files: codec parameters copied from the input
+        # stream, its time base kept, index (moov) in front so readers over HTTP/S3 need not fetch the end.
+        self._container = av.open(str(path), "w", options={"movflags": "faststart"})
+        self._stream = self._container.add_stream_from_template(template=source, opaque=True)
+        self._stream.time_base = source.time_base
+        self._signature = signature
+        self._next_pts = 0
+
+    def close(self) -> None:
+        """Finishes the current mp4, if any."""
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+            self._on_close(self._path)
