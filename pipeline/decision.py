@@ -40,7 +40,11 @@ def is_selected(
 
 
 def _number(value: Any) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+    """A float, or None for a missing or NaN value (parquet nulls and NaN both mean "undefined")."""
+    if value is None:
+        return None
+    number = float(value)
+    return None if math.isnan(number) else number
 
 
 def decide_row(
@@ -48,17 +52,23 @@ def decide_row(
 ) -> tuple[float, bool, bool]:
     """``(success_score, success, selected)`` of one episode row.
 
-    The row needs ``status``, ``log_p_true`` (raw scores per prefix), ``voc`` and ``progress``.
+    The row needs ``status``, ``log_p_true`` (raw scores per prefix), ``voc`` and ``progress``, as
+    lists (parquet rows) or numpy arrays (a labelled row in memory). A failed row, or one without
+    scores, gets a NaN score and is neither a success nor selected.
     """
     raw = row.get("log_p_true")
-    score = _number(success_score(raw, success.window)) if row["status"] == "ok" and raw else None
+    scored = row["status"] == "ok" and raw is not None and len(raw) > 0
+    score = _number(success_score(raw, success.window)) if scored else None
     succeeded = is_success(row["status"], score, success)
     progress = row.get("progress")
     final = float(progress[-1]) if progress is not None and len(progress) else None
-    selected = curation.enabled and is_selected(
-        row["status"], succeeded, _number(row.get("voc")), final, curation
+    # An "ok" row without scores has nothing to curate by, whatever require_success says.
+    selected = (
+        curation.enabled
+        and scored
+        and is_selected(row["status"], succeeded, _number(row.get("voc")), final, curation)
     )
-    return (math.nan if score is None else score), succeeded, selected
+    return (math.nan if score is None else score), succeeded, bool(selected)
 
 
 def decide(episodes: pa.Table, success: SuccessConfig, curation: CurationConfig) -> pa.Table:

@@ -39,9 +39,9 @@ from pipeline.config import RelabelConfig
 from pipeline.curated.builder import write_curated_dataset
 from pipeline.curated.pointer import pointer_age_s
 from pipeline.curated.source import CurationError
+from pipeline.decision import decide
 from pipeline.layout import EPISODES_FILE, PROGRESS_FILE, DatasetLayout, OutputLayout
 from pipeline.sinks import CommittedEpisode, read_rows
-from pipeline.stages.label import redecide
 from pipeline.storage import filesystem_for, join_uri, redact
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,8 @@ class PublishJob:
     root: str
     state_uri: str
     episodes: tuple[CommittedEpisode, ...]
+    # The run publishing it: _published.json names it, so readers find the settings in its run record.
+    run_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,7 @@ def _publish(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
         rows = read_rows(job.state_uri, job.episodes, options)
     # Success and selection follow the current settings, so a calibrated threshold applies without
     # re-scoring anything.
-    rows = redecide(rows, cfg.success, cfg.curation)
+    rows = decide(rows, cfg.success, cfg.curation)
     progress = progress_table(rows, cfg.model.path)
     selected = rows.filter(rows.column("selected")) if cfg.curation.enabled else rows.slice(0, 0)
     episodes = selected.column("episode_index").to_pylist()
@@ -254,6 +256,7 @@ def _publish(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
     record = {
         "protocol": PROTOCOL_VERSION,
         "digest": publish_digest(job, cfg),
+        "run_id": job.run_id,
         "curated_episodes": outcome.curated_episodes,
         "curated_version": curated.uri and posixpath.basename(curated.uri),
         "superseded": list(curated.superseded),

@@ -63,10 +63,10 @@ SHARD_SCHEMA = pa.schema(
         ("log_p_false", pa.list_(pa.float64())),
         ("progress", pa.list_(pa.float32())),
         ("frame_progress", pa.list_(pa.float32())),
+        # Informational (under the labelling run's success.window): success and selection are decided
+        # at publish by pipeline.decision.decide, never committed with the scores.
         ("success_score", pa.float64()),
-        ("success", pa.bool_()),
         ("voc", pa.float64()),
-        ("selected", pa.bool_()),
         ("model", pa.string()),
         ("config_hash", pa.string()),
         ("scored_at", pa.timestamp("us", tz="UTC")),

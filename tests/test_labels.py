@@ -39,3 +39,43 @@ def test_voc():
     assert math.isnan(value_order_correlation(np.array([0.3])))
     assert math.isnan(value_order_correlation(np.array([1.0, 1.0, 1.0])))
     assert 0 < value_order_correlation(np.array([0.1, 0.3, 0.2, 0.9])) < 1
+
+
+def _scored_row(raw, status="ok"):
+    return {
+        "status": status,
+        "log_p_true": np.asarray(raw, dtype=np.float64),
+        "prefix_ends": np.array([2, 4, 6]),
+        "frame_indices": np.array([0, 3, 6, 9, 12, 15]),
+        "length": 16,
+    }
+
+
+def test_label_stage_adds_scores_derived_facts_only():
+    from pipeline.config import SuccessConfig
+    from pipeline.stages.label import label_episode
+
+    row = label_episode(_scored_row([-9.0, -3.0, -1.0]), SuccessConfig(window=2, threshold=-2.0))
+    assert "success" not in row and "selected" not in row  # decided at publish, never committed
+    np.testing.assert_array_equal(row["prefix_frame_indices"], [3, 9, 15])
+    np.testing.assert_allclose(row["progress"], [0.0, 0.75, 1.0])
+    assert row["frame_progress"].shape == (16,) and row["voc"] == 1.0
+    assert row["success_score"] == -2.0  # informational, under success.window
+
+    failed = label_episode(_scored_row([], status="failed"), SuccessConfig())
+    assert failed["progress"].size == failed["frame_progress"].size == 0
+    assert math.isnan(failed["success_score"]) and math.isnan(failed["voc"])
+    assert "success" not in failed and "selected" not in failed
+
+
+def test_one_episode_previews_get_the_decision_from_decide():
+    from pipeline.config import CurationConfig, SuccessConfig
+    from pipeline.decision import decide_row
+    from pipeline.stages.label import label_episode
+
+    success, curation = SuccessConfig(window=1, threshold=-2.0), CurationConfig(min_voc=0.5)
+    row = label_episode(_scored_row([-9.0, -3.0, -1.0]), success, curation)
+    assert (row["success_score"], row["success"], row["selected"]) == (-1.0, True, True)
+    assert decide_row(row, success, curation) == (-1.0, True, True)
+    failed = label_episode(_scored_row([], status="failed"), success, curation)
+    assert (failed["success"], failed["selected"]) == (False, False)
