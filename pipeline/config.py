@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -177,9 +180,15 @@ class RelabelConfig:
     publish: PublishConfig = field(default_factory=PublishConfig)
 
 
-# Sections whose values change the numbers a run produces; paths and placement do not.
+# Sections whose values change the numbers a run produces; paths and placement do not. The model's
+# device enters as its class (cpu/cuda: bf16 on a GPU scores differently from fp32 on a CPU), not the
+# ordinal ("cuda:1" scores as "cuda:0" does).
 _HASHED_SECTIONS = ("model", "scoring", "frames", "prefixes")
-_HASHED_EXCLUDE = {"model": ("device",), "scoring": ("suffix_chunk",)}
+_HASHED_EXCLUDE = {"scoring": ("suffix_chunk",)}
+
+AUTO = "auto"
+# ``model.dtype: auto`` per device class: what the checkpoints ship on CUDA, exact (and fast) fp32 on CPU.
+_AUTO_DTYPES = {"cuda": "bfloat16", "cpu": "float32"}
 
 
 # Upper bounds that catch unit mistakes (a frame rate in Hz, not mHz or a frame count).
@@ -303,9 +312,33 @@ def structured_config[T](schema: type[T], *sources: Any) -> T:
         raise ConfigError(f"config error: {err}") from None
 
 
+def device_class(device: str) -> str:
+    """The kind of device a ``model.device`` names: ``cuda:1`` is ``cuda``; ``auto`` stays ``auto``."""
+    return device.split(":", 1)[0].strip().lower()
+
+
+def resolved_dtype(dtype: str, device: str) -> str:
+    """``model.dtype`` on ``device``: ``auto`` is bfloat16 on CUDA and float32 elsewhere; else unchanged.
+
+    With ``device`` still ``auto`` nothing can be said and ``auto`` comes back: a run resolves the device
+    first (:func:`pipeline.placement.resolve_model`).
+    """
+    kind = device_class(device)
+    if dtype != AUTO or kind == AUTO:
+        return dtype
+    return _AUTO_DTYPES.get(kind, "float32")
+
+
 def config_hash(cfg: RelabelConfig) -> str:
-    """A short stable hash of the settings that change the scores (model, prompt, frames, prefixes)."""
+    """A short stable hash of the settings that change the scores (model, prompt, frames, prefixes).
+
+    The model enters with its device class and its dtype resolved on it, so ``dtype=auto`` on a CPU
+    hashes as ``float32``/``cpu`` and fp32 scores never share a hash with bf16 ones. A run hashes its
+    config after resolving ``device: auto`` (:func:`pipeline.placement.resolve_model`).
+    """
     full = asdict(cfg)
+    full["model"]["dtype"] = resolved_dtype(cfg.model.dtype, cfg.model.device)
+    full["model"]["device"] = device_class(cfg.model.device)
     hashed = {}
     for section in _HASHED_SECTIONS:
         values = dict(full[section])
@@ -314,3 +347,57 @@ def config_hash(cfg: RelabelConfig) -> str:
         hashed[section] = values
     blob = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _known(recorded: dict[str, Any], schema: Any, prefix: str = "") -> dict[str, Any]:
+    """``recorded`` without the keys ``schema`` (a config dataclass instance) lacks, dropped with a log.
+
+    Records outlive code: a key a later version removed must not stop a job from reading an old run.
+    Free-form values (storage options, resources) are kept whole.
+    """
+    kept = {}
+    for name, value in recorded.items():
+        if not hasattr(schema, name):
+            log.info("recorded config: ignoring %s%s (not a setting of this version)", prefix, name)
+            continue
+        default = getattr(schema, name)
+        if is_dataclass(default) and isinstance(value, dict):
+            value = _known(value, default, f"{prefix}{name}.")
+        kept[name] = value
+    return kept
+
+
+def override_keys(overrides: list[str]) -> list[str]:
+    """The dotted keys of ``key=value`` entries, in order, once each (``+``/``~`` prefixes dropped)."""
+    keys = [item.split("=", 1)[0].strip().lstrip("+~") for item in overrides]
+    return list(dict.fromkeys(key for key in keys if key))
+
+
+def config_with_recorded(recorded: dict[str, Any], overrides: list[str]) -> tuple[RelabelConfig, list[str]]:
+    """A recorded run's config under explicit overrides: dataclass defaults < ``recorded`` < ``overrides``.
+
+    Jobs that read a run's outputs (report, evaluate, pull) take their settings from the run record of
+    the run that published them (:func:`pipeline.runrecord.published_settings`), so they decide success
+    and selection as that run did, and can say which key the command line changed.
+
+    Storage options are recorded without secrets, and mappings merge key by key: a recorded
+    ``{endpoint_url: ...}`` under a given ``{key: ..., secret: ...}`` holds both, and with none given the
+    backend still finds credentials in the job's environment (``AWS_*`` variables, gcloud), because the
+    merged options name none.
+
+    Args:
+        recorded: A run record's ``config`` (the sections of :class:`RelabelConfig` as plain values), or
+            ``{}``. Keys this version does not know are ignored.
+        overrides: ``key=value`` entries given explicitly, e.g. ``["success.threshold=-3"]``. A recorded
+            ``model.device`` (``cuda``) may need one on a machine without that device.
+
+    Returns:
+        The validated config, and the dotted keys the overrides set (e.g. ``["success.threshold"]``).
+
+    Raises:
+        ConfigError: an unknown override key, a wrong type, or an out-of-range value (recorded or given).
+    """
+    known = _known(dict(recorded), RelabelConfig())
+    cfg = structured_config(RelabelConfig, OmegaConf.create(known), OmegaConf.from_dotlist(list(overrides)))
+    _validate(cfg)
+    return cfg, override_keys(overrides)

@@ -7,25 +7,26 @@ divided by the GPUs per actor (``scorer_num_gpus: 0.5`` puts two actors on each 
 custom resource in ``ray.scorer_resources``, its total divided by the amount each actor needs. On a
 cluster without GPUs or custom resources the pool is one actor that uses the node's cores: more CPU
 actors only split the same cores, and actors holding every CPU starve the decode tasks.
+
+``model.device``/``model.dtype: auto`` are resolved earlier, before the run is planned, because the
+resolved dtype and device class are part of the config hash (:func:`resolve_model`); the actors get the
+resolved values, so what they load and what the hash says cannot differ.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
-import torch
 
-from pipeline.config import ModelConfig, RayConfig
-from pipeline.scoring.model import resolve_dtype
+from pipeline.config import AUTO, ModelConfig, RayConfig, RelabelConfig, device_class, resolved_dtype
 
 log = logging.getLogger(__name__)
-
-AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def resolve_placement(
     """
     gpus = cluster.get("GPU", 0.0)
     if ray_cfg.scorer_num_gpus == AUTO:
-        num_gpus = 1.0 if gpus >= 1 else 0.0
+        num_gpus = _auto_num_gpus(gpus)
     else:
         num_gpus = float(ray_cfg.scorer_num_gpus)
         if num_gpus > 0 and gpus == 0:
@@ -110,11 +111,12 @@ def resolve_placement(
     else:
         low = high = int(ray_cfg.scorer_actors)
     if model_cfg.device == AUTO:
-        # Ray hides GPUs from actors that request none, so ``auto`` follows the GPU request.
+        # Ray hides GPUs from actors that request none, so ``auto`` follows the GPU request. A run has
+        # resolved it already (resolve_model); this keeps the function whole for other callers.
         device = "cuda" if num_gpus > 0 else "cpu"
     else:
-        device = torch.device(model_cfg.device).type
-    dtype = str(resolve_dtype(model_cfg.dtype, torch.device(device))).removeprefix("torch.")
+        device = device_class(model_cfg.device)
+    dtype = resolved_dtype(model_cfg.dtype, device)
     return ScorerPlacement(
         num_gpus=num_gpus,
         num_cpus=ray_cfg.scorer_num_cpus,
@@ -127,22 +129,82 @@ def resolve_placement(
     )
 
 
-# Placement resolved by this driver per config hash, for the run summary (format_summary has only the
-# summary); a driver runs one relabel graph at a time.
-_RESOLVED: dict[str, ScorerPlacement] = {}
-
-
-def cluster_placement(ray_cfg: RayConfig, model_cfg: ModelConfig, config_hash: str) -> ScorerPlacement:
-    """Resolve against the connected Ray cluster and remember it for :func:`scoring_line`."""
+def cluster_placement(ray_cfg: RayConfig, model_cfg: ModelConfig) -> ScorerPlacement:
+    """Resolve against the connected Ray cluster (the run summary carries the result)."""
     placement = resolve_placement(ray_cfg, model_cfg, ray.cluster_resources())
     log.info("scoring on %s", placement.describe())
-    _RESOLVED[config_hash] = placement
     return placement
 
 
-def scoring_line(config_hash: str, scored: int) -> str:
-    """Where this driver's run under ``config_hash`` scored, for the summary header."""
-    placement = _RESOLVED.get(config_hash)
+def scoring_line(placement: ScorerPlacement | None, scored: int) -> str:
+    """Where a run scored, for the summary header; ``placement`` is None when nothing was pending."""
     if not scored or placement is None:
         return "scoring: nothing scored in this run"
     return f"scoring: {placement.describe()}"
+
+
+def _auto_num_gpus(cluster_gpus: float) -> float:
+    """``ray.scorer_num_gpus: auto``: one GPU per actor on a cluster with a whole GPU, else none."""
+    return 1.0 if cluster_gpus >= 1 else 0.0
+
+
+def local_gpu_count() -> int:
+    """The GPUs a local Ray started here would register, counted as Ray counts them, without starting it.
+
+    Ray asks its accelerator manager for the node's devices (NVML, no CUDA context) and caps the count
+    by ``CUDA_VISIBLE_DEVICES``; this does the same (well under a second, tested).
+    """
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+
+        manager = get_accelerator_manager_for_resource("GPU")
+        count = int(manager.get_current_node_num_accelerators())
+        visible = manager.get_current_process_visible_accelerator_ids()
+    except (ImportError, AttributeError):  # a Ray whose private API moved: torch counts the same devices
+        import torch
+
+        return torch.cuda.device_count()
+    return count if visible is None else min(count, len(visible))
+
+
+def cluster_gpus(ray_cfg: RayConfig, connect: Callable[[], None]) -> float:
+    """The GPUs of the cluster the run will use: the connected one, the one it joins, or this node.
+
+    Joining (``ray.address`` or ``RAY_ADDRESS``) connects through ``connect`` (cheap, and the run needs
+    the connection anyway); a local run counts this node's GPUs without starting Ray.
+    """
+    if not ray.is_initialized() and (ray_cfg.address or os.environ.get("RAY_ADDRESS")):
+        connect()
+    if ray.is_initialized():
+        return float(ray.cluster_resources().get("GPU", 0.0))
+    return float(local_gpu_count())
+
+
+def scorer_device(cfg: RelabelConfig, connect: Callable[[], None]) -> str:
+    """The device the scorer actors will load the model on.
+
+    An explicit ``model.device`` wins; else a numeric ``ray.scorer_num_gpus`` decides (GPU iff > 0); else
+    (``auto``) the cluster's GPUs do, by the rule :func:`resolve_placement` applies to the GPU request,
+    so the actors get GPUs exactly when they are told to use CUDA.
+    """
+    if cfg.model.device != AUTO:
+        return cfg.model.device
+    if cfg.ray.scorer_num_gpus != AUTO:
+        return "cuda" if float(cfg.ray.scorer_num_gpus) > 0 else "cpu"
+    return "cuda" if _auto_num_gpus(cluster_gpus(cfg.ray, connect)) > 0 else "cpu"
+
+
+def resolve_model(cfg: RelabelConfig, connect: Callable[[], None]) -> RelabelConfig:
+    """``cfg`` with ``model.device`` and ``model.dtype`` resolved (no ``auto`` left), on the driver.
+
+    Done before planning: the config hash covers the resolved dtype and device class, and the scorer
+    actors receive these values, so fp32-on-CPU and bf16-on-GPU scores never share a hash.
+
+    Args:
+        cfg: The run config.
+        connect: Joins the cluster (called only when ``auto`` needs the GPU count of a cluster being
+            joined).
+    """
+    device = scorer_device(cfg, connect)
+    model = replace(cfg.model, device=device, dtype=resolved_dtype(cfg.model.dtype, device))
+    return replace(cfg, model=model)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import ray
@@ -19,7 +20,7 @@ import ray
 from pipeline.catalog import EpisodeRecord, list_episodes
 from pipeline.config import ConfigError, RelabelConfig, config_hash
 from pipeline.frames.decode import decode_episode
-from pipeline.placement import cluster_placement, scoring_line
+from pipeline.placement import ScorerPlacement, cluster_placement, resolve_model, scoring_line
 from pipeline.preflight import check_run
 from pipeline.publish import PublishJob, PublishOutcome, publish_all
 from pipeline.runrecord import RunRecord
@@ -88,6 +89,8 @@ class RunSummary:
     wall_seconds: float
     datasets: dict[str, DatasetSummary]
     run_record_uri: str = ""
+    # Where the scorer actors ran (resolved on the driver); None when nothing was pending.
+    placement: ScorerPlacement | None = None
 
     @property
     def scored(self) -> int:
@@ -117,12 +120,17 @@ def connect_ray(cfg: RelabelConfig) -> None:
     )
 
 
-def build_dataset(rows: list[dict[str, Any]], cfg: RelabelConfig, chash: str) -> ray.data.Dataset:
-    """The streaming Ray Data graph over pending episode rows."""
+def build_dataset(
+    rows: list[dict[str, Any]], cfg: RelabelConfig, chash: str, placement: ScorerPlacement | None = None
+) -> ray.data.Dataset:
+    """The streaming Ray Data graph over pending episode rows.
+
+    ``placement`` is the scorer pool's shape, resolved against the connected cluster when None.
+    """
     decode_compute = (
         ray.data.TaskPoolStrategy(size=cfg.ray.decode_concurrency) if cfg.ray.decode_concurrency else None
     )
-    placement = cluster_placement(cfg.ray, cfg.model, chash)
+    placement = placement or cluster_placement(cfg.ray, cfg.model)
     return (
         ray.data.from_items(rows)
         # Decoding is I/O plus light CPU work; fractional CPUs let it overlap the scorer on small nodes.
@@ -153,7 +161,8 @@ def build_dataset(rows: list[dict[str, Any]], cfg: RelabelConfig, chash: str) ->
             batch_format="numpy",
             **placement.remote_args(),
         )
-        .map(label_episode, fn_kwargs={"success": cfg.success, "curation": cfg.curation})
+        # Scores-derived labels only: success and selection are decided at publish (pipeline.decision).
+        .map(label_episode, fn_kwargs={"success": cfg.success})
         # Shards are small (no frames); a handful of episodes per commit keeps file counts sane.
         .map_batches(
             write_shards,
@@ -217,6 +226,7 @@ def _publish_jobs(
     scored: set[str],
     cfg: RelabelConfig,
     chash: str,
+    run_id: str,
 ) -> list[PublishJob]:
     """Per listed dataset, the committed result of each episode it has now, for its current fingerprint.
 
@@ -241,22 +251,13 @@ def _publish_jobs(
         )
         current = tuple(state[key] for key in fingerprints.get(dataset_id, []) if key in state)
         if current:
-            jobs.append(PublishJob(dataset_id, root, folder, current))
+            jobs.append(PublishJob(dataset_id, root, folder, current, run_id))
     return jobs
 
 
-def run(cfg: RelabelConfig) -> RunSummary:
-    """Score every new or changed episode under ``cfg.source.uris`` and publish the results per dataset.
-
-    Refuses a config that cannot work before Ray starts (:class:`~pipeline.config.ConfigError`), then
-    records the run under ``<output>/_runs/``. Failures of episodes and datasets are recorded, never
-    raised; anything that escapes (Ray itself failing) marks the run record ``broken`` and is re-raised.
-    """
-    started = time.perf_counter()
-    check_run(cfg)
-    cfg = with_storage_retries(cfg)
-    chash = config_hash(cfg)
-    record = RunRecord(cfg.output.uri, cfg.output.storage_options, chash)
+def _start_record(cfg: RelabelConfig, chash: str) -> RunRecord:
+    """Writes the run record (``running``, with the resolved config); an unwritable output is refused."""
+    record = RunRecord(cfg.output.uri, cfg.output.storage_options, chash, config=asdict(cfg))
     try:
         record.write()
     except Exception as err:
@@ -264,34 +265,68 @@ def run(cfg: RelabelConfig) -> RunSummary:
         raise ConfigError(
             f"config error at 'output.uri': {cfg.output.uri!r} is not writable: {reason}"
         ) from None
+    return record
+
+
+def _score(
+    pending: list[dict[str, Any]],
+    cfg: RelabelConfig,
+    chash: str,
+    summaries: dict[str, DatasetSummary],
+    record: RunRecord,
+) -> ScorerPlacement:
+    """Runs the Ray Data graph over the pending rows, counting results per dataset; returns the placement."""
+    connect_ray(cfg)
+    placement = cluster_placement(cfg.ray, cfg.model)
+    record.placement = asdict(placement)
+    for result in build_dataset(pending, cfg, chash, placement).iter_rows():
+        summary = summaries[result["dataset_id"]]
+        if result["status"] == "ok":
+            summary.scored += 1
+            summary.frames += int(result["length"])
+        else:
+            summary.failed += 1
+            summary.errors.append(f"{result['error']} [attempt {result['attempt']}]")
+    return placement
+
+
+def run(cfg: RelabelConfig) -> RunSummary:
+    """Score every new or changed episode under ``cfg.source.uris`` and publish the results per dataset.
+
+    Refuses a config that cannot work before Ray starts (:class:`~pipeline.config.ConfigError`), resolves
+    ``model.device``/``dtype`` (the config hash covers them; a local run does not start Ray for it), then
+    records the run and its resolved config under ``<output>/_runs/``. Failures of episodes and datasets
+    are recorded, never raised; anything that escapes (Ray itself failing) marks the run record
+    ``broken`` and is re-raised.
+    """
+    started = time.perf_counter()
+    check_run(cfg)
+    cfg = with_storage_retries(cfg)
+    cfg = resolve_model(cfg, connect=partial(connect_ray, cfg))
+    chash = config_hash(cfg)
+    record = _start_record(cfg, chash)
     summaries: dict[str, DatasetSummary] = {}
+    placement = None
     try:
         records = list_episodes(cfg.source)
         pending, roots, states = _plan(records, cfg, chash, summaries)
         log.info(
-            "relabel: run %s, %d episodes listed, %d pending, config %s",
-            record.run_id, len(records), len(pending), chash,
+            "relabel: run %s, %d episodes listed, %d pending, config %s (%s %s)",
+            record.run_id, len(records), len(pending), chash, cfg.model.device, cfg.model.dtype,
         )  # fmt: skip
         if pending:
-            connect_ray(cfg)
-            for result in build_dataset(pending, cfg, chash).iter_rows():
-                summary = summaries[result["dataset_id"]]
-                if result["status"] == "ok":
-                    summary.scored += 1
-                    summary.frames += int(result["length"])
-                else:
-                    summary.failed += 1
-                    summary.errors.append(f"{result['error']} [attempt {result['attempt']}]")
+            placement = _score(pending, cfg, chash, summaries, record)
         # Only datasets whose inputs changed since their last publish are written, one Ray task each.
         scored = {row["dataset_id"] for row in pending}
-        jobs = _publish_jobs(records, roots, states, scored, cfg, chash)
+        jobs = _publish_jobs(records, roots, states, scored, cfg, chash, record.run_id)
         for outcome in publish_all(jobs, cfg, connect=lambda: connect_ray(cfg)):
             summaries[outcome.dataset_id].publish = outcome
     except BaseException as err:
         record.datasets = {d.dataset_id: d.counts() for d in summaries.values()}
-        record.finish("broken", redact(f"{type(err).__name__}: {err}", cfg.output.storage_options))
+        reason = redact(f"{type(err).__name__}: {err}", cfg.output.storage_options)
+        record.finish("broken", redact(reason, cfg.source.storage_options))
         raise
-    summary = RunSummary(chash, time.perf_counter() - started, summaries)
+    summary = RunSummary(chash, time.perf_counter() - started, summaries, placement=placement)
     record.datasets = {d.dataset_id: d.counts() for d in summaries.values()}
     record.failures = [
         {"dataset_id": d.dataset_id, "error": error}
@@ -316,7 +351,7 @@ def format_summary(summary: RunSummary) -> str:
     )
     header = f"{'dataset':<32}" + "".join(f"{name:>{width}}" for name, width in columns)
     lines = [f"topreward relabel: config {summary.config_hash}, wall {summary.wall_seconds:.1f} s", header]
-    lines.insert(1, scoring_line(summary.config_hash, summary.scored))
+    lines.insert(1, scoring_line(summary.placement, summary.scored))
     for d in summary.datasets.values():
         rate = d.scored / hours
         lines.append(

@@ -1,8 +1,17 @@
 """Config loading: defaults, YAML, command-line overrides, clear errors, a stable hash."""
 
+from dataclasses import asdict
+
 import pytest
 
-from pipeline.config import ConfigError, RelabelConfig, config_hash, load_config
+from pipeline.config import (
+    ConfigError,
+    RelabelConfig,
+    config_hash,
+    config_with_recorded,
+    load_config,
+    resolved_dtype,
+)
 
 
 def test_defaults_follow_the_design():
@@ -76,3 +85,72 @@ def test_installed_without_conf_dir_uses_defaults(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "CONF_DIR", tmp_path)
     cfg = load_config(["frames.fps=3"])
     assert cfg.frames.fps == 3.0 and cfg.model.path == "Qwen/Qwen3-VL-8B-Instruct"
+
+
+def test_hash_covers_the_resolved_dtype_and_the_device_class():
+    cpu_auto = config_hash(load_config(["model.device=cpu"]))  # dtype auto
+    assert cpu_auto == config_hash(load_config(["model.device=cpu", "model.dtype=float32"]))
+    cuda_bf16 = config_hash(load_config(["model.device=cuda", "model.dtype=bfloat16"]))
+    assert cpu_auto != cuda_bf16
+    assert cuda_bf16 == config_hash(load_config(["model.device=cuda:1"]))  # the class, not the ordinal
+    # The same dtype on another device class is another hash: CPU and GPU kernels round differently.
+    assert config_hash(load_config(["model.device=cpu", "model.dtype=bfloat16"])) != cuda_bf16
+    assert (resolved_dtype("auto", "cuda:0"), resolved_dtype("auto", "cpu")) == ("bfloat16", "float32")
+    assert (resolved_dtype("float16", "cpu"), resolved_dtype("auto", "auto")) == ("float16", "auto")
+
+
+def _recorded(*overrides: str) -> dict:
+    """A run record's ``config``: a resolved run config as a plain dict, storage options without secrets."""
+    cfg = load_config(
+        [
+            "model.device=cpu",
+            "model.dtype=float32",
+            "success.threshold=-6.2",
+            "curation.min_voc=0.5",
+            "source.storage_options={endpoint_url: 'http://minio:9000',"
+            " config_kwargs: {retries: {mode: standard}}}",
+            *overrides,
+        ]
+    )
+    return asdict(cfg)
+
+
+def test_recorded_config_sits_between_defaults_and_overrides():
+    recorded = _recorded()
+    recorded["frames"].pop("fps")  # a key the record lacks takes the default
+    cfg, explicit = config_with_recorded(recorded, ["success.threshold=-3", "prefixes.num=8"])
+    assert cfg.success.threshold == -3.0 and cfg.prefixes.num == 8  # given
+    assert cfg.curation.min_voc == 0.5 and cfg.model.dtype == "float32"  # recorded
+    assert cfg.frames.fps == 2.0  # default
+    assert explicit == ["success.threshold", "prefixes.num"]
+    assert config_with_recorded({}, []) == (RelabelConfig(), [])
+    assert config_with_recorded(recorded, [])[0].success.threshold == -6.2
+
+
+def test_recorded_storage_options_never_erase_credentials():
+    recorded = _recorded()
+    # Nothing given: the recorded options name no credentials, so the backend's environment supplies them.
+    cfg, _ = config_with_recorded(recorded, [])
+    assert set(cfg.source.storage_options) == {"endpoint_url", "config_kwargs"}
+    # Given on the command line: merged key by key with the recorded ones, neither side lost.
+    cfg, explicit = config_with_recorded(recorded, ["source.storage_options={key: k, secret: s}"])
+    assert cfg.source.storage_options == {
+        "endpoint_url": "http://minio:9000",
+        "config_kwargs": {"retries": {"mode": "standard"}},
+        "key": "k",
+        "secret": "s",
+    }
+    assert explicit == ["source.storage_options"]
+
+
+def test_recorded_keys_this_version_lacks_are_ignored_and_bad_values_refused():
+    recorded = _recorded()
+    recorded["frames"]["retired_knob"] = 1
+    recorded["gone_section"] = {"x": 1}
+    cfg, _ = config_with_recorded(recorded, [])
+    assert cfg.success.threshold == -6.2
+    recorded["prefixes"]["num"] = 0
+    with pytest.raises(ConfigError, match=r"prefixes\.num"):
+        config_with_recorded(recorded, [])
+    with pytest.raises(ConfigError, match="nosuch"):
+        config_with_recorded({}, ["nosuch.key=1"])

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from pipeline.config import ModelConfig
+from pipeline.config import ModelConfig, resolved_dtype
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -31,10 +31,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` is bfloat16 on CUDA (what the checkpoints ship) and float32 on CPU (exact, and fast there)."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return _DTYPES[name]
+    """``auto`` is bfloat16 on CUDA (what the checkpoints ship) and float32 on CPU (exact, and fast there).
+
+    The rule is :func:`pipeline.config.resolved_dtype`, the one the config hash and the driver's
+    placement use; a run hands the actor the resolved name, so this only names it.
+    """
+    return _DTYPES[resolved_dtype(name, device.type)]
 
 
 def load_model(cfg: ModelConfig) -> LoadedModel:
