@@ -92,7 +92,7 @@ def bare_loop(cfg: RelabelConfig) -> tuple[float, float]:
         )
         scores = scorer.score(EpisodeClip.from_row(row), row["task"])
         row.update(log_p_true=scores.log_p_true, log_p_false=scores.log_p_false)
-        label_episode(row, cfg.success, cfg.curation)
+        label_episode(row)
         done_at.append(time.perf_counter())
     return done_at[-1] - start, _steady_rate(done_at)
 

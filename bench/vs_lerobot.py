@@ -213,7 +213,7 @@ def pipeline_worker(args: argparse.Namespace) -> dict:
         )
         scores = scorer.score(EpisodeClip.from_row(decoded), row["task"])
         decoded.update(log_p_true=scores.log_p_true, log_p_false=scores.log_p_false)
-        return label_episode(decoded, cfg.success, cfg.curation)
+        return label_episode(decoded)
 
     timed = _timed_episodes(one, counts, episodes)
     for record in list_episodes(cfg.source):

@@ -162,7 +162,7 @@ def build_dataset(
             **placement.remote_args(),
         )
         # Scores-derived labels only: success and selection are decided at publish (pipeline.decision).
-        .map(label_episode, fn_kwargs={"success": cfg.success})
+        .map(label_episode)
         # Shards are small (no frames); a handful of episodes per commit keeps file counts sane.
         .map_batches(
             write_shards,

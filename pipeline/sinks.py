@@ -63,9 +63,8 @@ SHARD_SCHEMA = pa.schema(
         ("log_p_false", pa.list_(pa.float64())),
         ("progress", pa.list_(pa.float32())),
         ("frame_progress", pa.list_(pa.float32())),
-        # Informational (under the labelling run's success.window): success and selection are decided
-        # at publish by pipeline.decision.decide, never committed with the scores.
-        ("success_score", pa.float64()),
+        # Scores only: the success score, success and selection depend on success.* and curation.*,
+        # which a later publish may change; pipeline.decision.decide makes them when publishing.
         ("voc", pa.float64()),
         ("model", pa.string()),
         ("config_hash", pa.string()),

@@ -106,12 +106,12 @@ def test_decision_columns_are_replaced_or_appended_with_fixed_types():
 
 def test_the_label_stage_decides_nothing():
     assert not hasattr(label_stage, "redecide") and not hasattr(label_stage, "is_selected")
-    assert "success" not in SHARD_SCHEMA.names and "selected" not in SHARD_SCHEMA.names
-    assert {"log_p_true", "progress", "voc", "success_score"} <= set(SHARD_SCHEMA.names)
+    assert not {"success_score", "success", "selected"} & set(SHARD_SCHEMA.names)
+    assert {"log_p_true", "progress", "voc"} <= set(SHARD_SCHEMA.names)
 
 
 def _scored_batch(dataset_id: str, root: str, lengths: list[int], raw: dict[int, list[float]]) -> dict:
-    """Labelled rows as the pipeline's label stage leaves them (with an informational score)."""
+    """Labelled rows as the pipeline's label stage leaves them."""
     episodes = sorted(raw)
     starts = np.cumsum([0, *lengths])
 
@@ -136,8 +136,6 @@ def _scored_batch(dataset_id: str, root: str, lengths: list[int], raw: dict[int,
         "log_p_false": objects([np.array([-1.0, -1.0]) for e in episodes]),
         "progress": objects([np.array([0.0, 1.0], np.float32) for e in episodes]),
         "frame_progress": objects([np.linspace(0, 1, lengths[e], dtype=np.float32) for e in episodes]),
-        # Labelled under window=2; publishing at window=1 must not use it.
-        "success_score": np.array([-5.0] * len(episodes)),
         "voc": np.array([1.0] * len(episodes)),
         "model": np.array(["fake/vlm"] * len(episodes), dtype=object),
     }

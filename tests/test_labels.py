@@ -52,20 +52,18 @@ def _scored_row(raw, status="ok"):
 
 
 def test_label_stage_adds_scores_derived_facts_only():
-    from pipeline.config import SuccessConfig
     from pipeline.stages.label import label_episode
 
-    row = label_episode(_scored_row([-9.0, -3.0, -1.0]), SuccessConfig(window=2, threshold=-2.0))
-    assert "success" not in row and "selected" not in row  # decided at publish, never committed
+    row = label_episode(_scored_row([-9.0, -3.0, -1.0]))
+    # Decided wherever shown (pipeline.decision), never committed with the scores.
+    assert not {"success_score", "success", "selected"} & set(row)
     np.testing.assert_array_equal(row["prefix_frame_indices"], [3, 9, 15])
     np.testing.assert_allclose(row["progress"], [0.0, 0.75, 1.0])
     assert row["frame_progress"].shape == (16,) and row["voc"] == 1.0
-    assert row["success_score"] == -2.0  # informational, under success.window
 
-    failed = label_episode(_scored_row([], status="failed"), SuccessConfig())
+    failed = label_episode(_scored_row([], status="failed"))
     assert failed["progress"].size == failed["frame_progress"].size == 0
-    assert math.isnan(failed["success_score"]) and math.isnan(failed["voc"])
-    assert "success" not in failed and "selected" not in failed
+    assert math.isnan(failed["voc"])
 
 
 def test_one_episode_previews_get_the_decision_from_decide():
@@ -74,8 +72,8 @@ def test_one_episode_previews_get_the_decision_from_decide():
     from pipeline.stages.label import label_episode
 
     success, curation = SuccessConfig(window=1, threshold=-2.0), CurationConfig(min_voc=0.5)
-    row = label_episode(_scored_row([-9.0, -3.0, -1.0]), success, curation)
-    assert (row["success_score"], row["success"], row["selected"]) == (-1.0, True, True)
+    row = label_episode(_scored_row([-9.0, -3.0, -1.0]))
     assert decide_row(row, success, curation) == (-1.0, True, True)
-    failed = label_episode(_scored_row([], status="failed"), success, curation)
-    assert (failed["success"], failed["selected"]) == (False, False)
+    assert decide_row(row, SuccessConfig(window=2, threshold=-2.0), curation) == (-2.0, False, False)
+    failed = label_episode(_scored_row([], status="failed"))
+    assert decide_row(failed, success, curation)[1:] == (False, False)

@@ -16,6 +16,7 @@ import torch
 
 from pipeline.catalog import list_episodes
 from pipeline.curated.pointer import resolve_curated
+from pipeline.decision import decide_row
 from pipeline.frames.decode import decode_episode
 from pipeline.layout import EPISODES_FILE, PROGRESS_FILE
 from pipeline.relabel import format_summary, run
@@ -42,7 +43,9 @@ def _direct_labels(cfg, row: dict) -> dict:
     scorer = PrefixScorer(cfg.model, cfg.scoring)
     scores = scorer.score(EpisodeClip.from_row(decoded), row["task"])
     decoded.update(log_p_true=scores.log_p_true, log_p_false=scores.log_p_false)
-    return label_episode(decoded, cfg.success, cfg.curation)
+    labelled = label_episode(decoded)
+    labelled["success_score"] = decide_row(labelled, cfg.success, cfg.curation)[0]
+    return labelled
 
 
 @pytest.mark.parametrize("version", ["v30", "v21"])

@@ -19,6 +19,7 @@ import numpy as np
 
 from pipeline.catalog import list_episodes
 from pipeline.config import ConfigError, RelabelConfig, load_config
+from pipeline.decision import DECISION_COLUMNS, decide_row
 from pipeline.frames.decode import decode_episode
 from pipeline.scoring.inputs import EpisodeClip
 from pipeline.scoring.scorer import PrefixScorer
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     scores = PrefixScorer(cfg.model, cfg.scoring).score(EpisodeClip.from_row(row), row["task"])
     row.update(log_p_true=scores.log_p_true, log_p_false=scores.log_p_false)
-    row = label_episode(row, cfg.success, cfg.curation)
+    row = label_episode(row)
+    row.update(zip(DECISION_COLUMNS, decide_row(row, cfg.success, cfg.curation), strict=True))
     print(f"{row['task']!r}: {row['length']} frames at {row['fps']:g} fps, model {cfg.model.path}")
     print(format_table(row))
     return 0 if np.isfinite(row["success_score"]) else 1
