@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
 import av
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -274,3 +276,63 @@ def test_episode_not_starting_on_a_keyframe_is_refused(v30_source: Path, tmp_pat
 def test_unknown_episode_is_refused(v30_source: Path, tmp_path: Path) -> None:
     with pytest.raises(CurationError, match=r"episodes \[7\] are not in the dataset"):
         write_curated_dataset(str(v30_source), [1, 7], str(tmp_path / "curated"))
+
+
+def test_source_named_like_a_glob_reads_its_own_metadata(v30_source: Path, tmp_path: Path) -> None:
+    # `pick[1]` as a glob pattern matches `pick1`: its metadata must be read from its own folder only.
+    source = shutil.copytree(v30_source, tmp_path / "fleet" / "pick[1]")
+    synth.write_v30_dataset(tmp_path / "fleet" / "pick1", lengths=(5, 6, 7, 8, 9), fps=FPS, gop=GOP)
+    summary = write_curated_dataset(str(source), SELECTED, str(tmp_path / "curated"))
+    assert (summary.episodes, summary.frames) == (3, sum(LENGTHS[i] for i in SELECTED))
+    _assert_same_packets(v30_source, Path(summary.uri), SELECTED)
+
+
+def _rewrite_episodes_index(source: Path, change) -> None:
+    path = source / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+    pq.write_table(change(pq.read_table(path)), path)
+
+
+def test_metadata_the_reader_refuses_is_a_curation_error(v30_source: Path, tmp_path: Path) -> None:
+    source = shutil.copytree(v30_source, tmp_path / "fleet" / "long")
+
+    def lengthen_episode_2(table: pa.Table) -> pa.Table:
+        length = pc.add(table["length"], pc.if_else(pc.equal(table["episode_index"], 2), 1, 0))
+        return table.set_column(table.schema.get_field_index("length"), "length", length)
+
+    _rewrite_episodes_index(source, lengthen_episode_2)
+    write_curated_dataset(str(source), [1, 3], str(tmp_path / "ok"))  # the other episodes still curate
+    index_file = re.escape(str(source / "meta" / "episodes" / "chunk-000" / "file-000.parquet"))
+    with pytest.raises(CurationError, match=rf"^{index_file}: global index range .* \(episode 2\)$"):
+        write_curated_dataset(str(source), [1, 2], str(tmp_path / "curated"))
+    (source / "meta" / "info.json").unlink()
+    with pytest.raises(CurationError, match=rf"^{re.escape(str(source))}/meta/info\.json: not found$"):
+        write_curated_dataset(str(source), [1], str(tmp_path / "curated"))
+    assert not (tmp_path / "curated").exists()
+
+
+def test_task_texts_keep_the_sources_spelling(v30_source: Path, tmp_path: Path) -> None:
+    """The reader strips task texts; the curated dataset keeps the source's, which appends match on."""
+    source = shutil.copytree(v30_source, tmp_path / "fleet" / "padded")
+    tasks = pd.read_parquet(source / "meta" / "tasks.parquet")
+    tasks.index = [f"{task} " for task in tasks.index]
+    tasks.index.name = "task"
+    tasks.to_parquet(source / "meta" / "tasks.parquet")
+
+    def pad(table: pa.Table) -> pa.Table:
+        padded = pa.array([[f"{task} " for task in texts] for texts in table["tasks"].to_pylist()])
+        return table.set_column(table.schema.get_field_index("tasks"), "tasks", padded)
+
+    _rewrite_episodes_index(source, pad)
+    dest = tmp_path / "curated"
+    write_curated_dataset(str(source), [0, 1], str(dest))
+    summary = write_curated_dataset(str(source), [0, 1, 3], str(dest))
+    assert summary.mode == "appended"
+    root = Path(summary.uri)
+    names = pd.read_parquet(root / "meta" / "tasks.parquet")["task_index"]
+    by_index = {int(index): str(task) for task, index in names.items()}
+    episodes = pq.read_table(root / "meta" / "episodes").to_pylist()
+    rows = pq.read_table(root / "data", columns=["episode_index", "task_index"]).to_pylist()
+    for new_index, old_index in enumerate((0, 1, 3)):
+        expected = f"{synth.task_for_episode(old_index)} "
+        assert episodes[new_index]["tasks"] == [expected]
+        assert {by_index[r["task_index"]] for r in rows if r["episode_index"] == new_index} == {expected}

@@ -18,6 +18,7 @@ from pipeline.reader import (
     object_identity,
     read_dataset,
 )
+from pipeline.reader.dataset import episodes_index_files
 from pipeline.storage import filesystem_for, read_json_files
 from tests.conftest import PROJECT_ROOT, SYNTH_FPS, SYNTH_LENGTHS
 
@@ -167,3 +168,20 @@ def test_read_dataset_errors_carry_file_reason_and_version(synth_dir, tmp_path):
     with pytest.raises(MetadataError, match=r"meta/info.json: fps 0 is out of range") as caught:
         read_dataset(str(root))
     assert caught.value.codebase_version == "v3.0"
+
+
+def test_episodes_index_files_are_listed_literally(tmp_path):
+    """The v3.0 index files other readers (the curated builder's stats) take: */*.parquet, own folder."""
+    _tree(
+        tmp_path,
+        {
+            "pick[1]/meta/episodes/chunk-000/file-000.parquet": "",
+            "pick[1]/meta/episodes/chunk-000/notes.txt": "",
+            "pick[1]/meta/episodes/stray.parquet": "",
+            "pick[1]/meta/episodes/chunk-000/deep/file-9.parquet": "",
+            "pick1/meta/episodes/chunk-000/file-001.parquet": "",
+        },
+    )
+    fs, base = filesystem_for(str(tmp_path), {})
+    assert episodes_index_files(fs, f"{base}/pick[1]/") == ["meta/episodes/chunk-000/file-000.parquet"]
+    assert episodes_index_files(fs, f"{base}/nowhere") == []

@@ -54,7 +54,7 @@ from lerobot.datasets.utils import (
 from pipeline.atomic import parquet_bytes, step
 from pipeline.curated.packers import DataPacker, VideoPacker
 from pipeline.curated.pointer import Pointer
-from pipeline.curated.source import Source, SourceEpisode
+from pipeline.curated.source import Source
 from pipeline.curated.store import (
     SOURCE_EPISODE,
     SOURCE_FINGERPRINT,
@@ -65,6 +65,7 @@ from pipeline.curated.store import (
     VersionStore,
 )
 from pipeline.layout import PROGRESS_FILE
+from pipeline.reader import SourceEpisode
 
 logger = logging.getLogger(__name__)
 
@@ -141,10 +142,10 @@ def _reindex_rows(rows: pa.Table, episode_index: int, first_index: int, task_map
 
 
 def _episode_stats(
-    episode: SourceEpisode, rows: pa.Table, features: dict[str, dict]
+    source_stats: dict[str, dict[str, np.ndarray]], rows: pa.Table, features: dict[str, dict]
 ) -> dict[str, dict[str, np.ndarray]]:
     # Only the re-indexed columns changed; every other feature (videos included) keeps its source stats.
-    kept = {key: value for key, value in episode.stats.items() if key in features}
+    kept = {key: value for key, value in source_stats.items() if key in features}
     recomputed = compute_episode_stats({key: rows[key].to_numpy() for key in _REINDEXED}, features)
     return {**kept, **recomputed}
 
@@ -257,13 +258,13 @@ class _Copier:
             stream, packets = self.source.packets(episode, key)
             located |= packer.append(stream, packets, episode.videos[key])
             video_bytes += sum(p.size for p in packets)
-        located |= {SOURCE_EPISODE: episode.index, SOURCE_FINGERPRINT: fingerprint}
+        located |= {SOURCE_EPISODE: episode.episode_index, SOURCE_FINGERPRINT: fingerprint}
         # lerobot's own writer: episodes index row (from/to indices), info.json totals.
-        stats = _episode_stats(episode, rows, self.features)
-        meta.save_episode(new_index, episode.length, episode.tasks, stats, located)
+        stats = _episode_stats(self.source.stats(episode), rows, self.features)
+        meta.save_episode(new_index, episode.length, self.source.tasks(episode), stats, located)
         # Stats as the episodes index stores them, so a later append aggregates the same numbers.
         stored = cast_stats_to_numpy(serialize_dict(stats))
-        placed = Placed(episode.index, fingerprint, new_index, first_index, episode.length, stored)
+        placed = Placed(episode.episode_index, fingerprint, new_index, first_index, episode.length, stored)
         return placed, video_bytes
 
 
@@ -292,7 +293,7 @@ def _copy_episodes(
         for packer in videos.values():
             closing.callback(packer.close)
         closing.push(upload.note_exit)  # runs first on the way out
-        for (_, fingerprint), episode in zip(new, source.episodes([ep for ep, _ in new]), strict=True):
+        for (_, fingerprint), episode in zip(new, source.episodes(), strict=True):
             episode_placed, episode_bytes = copier.copy(episode, fingerprint)
             placed.append(episode_placed)
             video_bytes += episode_bytes
@@ -398,8 +399,10 @@ def write_curated_dataset(
         What the dataset holds now and what this call wrote.
 
     Raises:
-        CurationError: An episode is not in the source, its rows disagree with its metadata, a camera is
-            unknown, or an episode's video does not begin on a keyframe (it could only be re-encoded).
+        CurationError: The source's metadata cannot be used (:func:`pipeline.reader.read_dataset`), an
+            episode is not in the source or its metadata fails the reader's checks, its rows disagree
+            with its metadata, a camera is unknown, or an episode's video does not begin on a keyframe
+            (it could only be re-encoded).
         FileError: A file could not be read or written; the message names it.
     """
     wanted = [(ep, (fingerprints or {}).get(ep, "")) for ep in sorted(set(episodes))]
@@ -455,7 +458,7 @@ def _append(
         if inputs.progress is not None:
             dest.write(parquet_bytes(_curated_progress(inputs.progress, placed)), PROGRESS_FILE)
         return _summary(dest, placed, "unchanged", 0, 0)
-    with Source(inputs.source_uri, inputs.source_options) as source:
+    with Source(inputs.source_uri, inputs.source_options, [ep for ep, _ in new]) as source:
         cameras = source.video_keys(inputs.camera_keys)
         placed, video_bytes = _write_version(
             source, cameras, new, dest, committed, committed.starts(), inputs.progress, inputs.temp_dir
@@ -471,7 +474,7 @@ def _new_version(
     pointer = store.pointer or Pointer(0, None)
     folder = pointer.next_root()
     dest = store.version(folder)
-    with Source(inputs.source_uri, inputs.source_options) as source:
+    with Source(inputs.source_uri, inputs.source_options, [ep for ep, _ in wanted]) as source:
         cameras = source.video_keys(inputs.camera_keys)
         placed, video_bytes = _write_version(
             source, cameras, wanted, dest, None, Starts.fresh(cameras), inputs.progress, inputs.temp_dir

@@ -1,18 +1,23 @@
 """The read side of curation: the source dataset's metadata, data rows and video packets, through fsspec.
 
 A source is a LeRobot dataset of codebase v3.0 (packed files) or v2.1 (one data file and one mp4 per
-episode and camera). :class:`Source` keeps its metadata reading (``meta/info.json``, tasks, the chosen
-episodes' locations and stats) in methods of their own, apart from the data rows and video packets, so
-that it can move to a shared metadata reader without touching the copying side.
+episode and camera). Its metadata comes from the shared reader (:func:`pipeline.reader.read_dataset`):
+``info.json``, the cameras, and the chosen episodes' lengths, tasks, data files and video spans, as the
+reader's :class:`~pipeline.reader.SourceEpisode` records. What only curation needs is read here, from
+literal paths and listings: the tasks table (``meta/tasks.parquet`` / ``meta/tasks.jsonl``), the
+per-episode stats (the v3.0 episodes index's ``stats/*`` columns / ``meta/episodes_stats.jsonl``), the
+episodes' data rows and their video packets.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import posixpath
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import av
@@ -23,9 +28,6 @@ import pyarrow.parquet as pq
 from lerobot.datasets.io_utils import cast_stats_to_numpy
 from lerobot.datasets.utils import (
     DEFAULT_TASKS_PATH,
-    EPISODES_DIR,
-    INFO_PATH,
-    LEGACY_EPISODES_PATH,
     LEGACY_EPISODES_STATS_PATH,
     LEGACY_TASKS_PATH,
     DatasetInfo,
@@ -33,60 +35,92 @@ from lerobot.datasets.utils import (
 from lerobot.utils.utils import unflatten_dict
 
 from pipeline.atomic import touching
+from pipeline.reader import (
+    EPISODES_DIR,
+    V21,
+    DatasetMeta,
+    MetadataError,
+    SourceEpisode,
+    VideoSpan,
+    read_dataset,
+)
+from pipeline.reader.dataset import episodes_index_files
 from pipeline.storage import filesystem_for, join_uri
+
+# VideoSpan is the reader's; re-exported for the packers, which take one episode's span.
+__all__ = ["CurationError", "Source", "SourceEpisode", "VideoSpan", "row_stats"]
+
+Stats = dict[str, dict[str, np.ndarray]]
 
 
 class CurationError(ValueError):
     """The selection or the source dataset cannot be curated; the message names the file and episode."""
 
 
-@dataclass(frozen=True)
-class VideoSpan:
-    """Where one episode's video of one camera is: its file and its time span in it."""
-
-    path: str
-    from_s: float
-    to_s: float
-
-
-@dataclass(frozen=True)
-class SourceEpisode:
-    """One episode of the source, as its metadata describes it."""
-
-    index: int
-    length: int
-    tasks: list[str]
-    data_path: str
-    videos: dict[str, VideoSpan]
-    stats: dict[str, dict[str, np.ndarray]]
-
-
-def row_stats(row: dict[str, Any]) -> dict[str, dict[str, np.ndarray]]:
+def row_stats(row: dict[str, Any]) -> Stats:
     """The per-episode stats of a v3.0 episodes-index row (its flattened ``stats/...`` columns)."""
     stats = {key.removeprefix("stats/"): v for key, v in row.items() if key.startswith("stats/")}
     return cast_stats_to_numpy(unflatten_dict(stats))
 
 
-class Source:
-    """Read side: metadata, data rows and video packets of the source dataset, through fsspec.
+@dataclass(frozen=True)
+class _DataFile:
+    """One data parquet of the source, with each episode's row positions (found once per file)."""
 
-    Metadata: :attr:`info`, :attr:`cameras`, :meth:`video_keys`, :meth:`task_names`, :meth:`episodes`
-    (and the private readers below them). Data: :meth:`data_rows`, :meth:`packets`.
+    path: str
+    table: pa.Table
+    rows: dict[int, np.ndarray]
+
+    @classmethod
+    def of(cls, path: str, table: pa.Table) -> _DataFile:
+        """Groups the file's rows by ``episode_index`` in one pass (positions in file order), so each
+        episode's rows are found without filtering the whole file again."""
+        episodes = table["episode_index"].to_numpy()
+        order = np.argsort(episodes, kind="stable")
+        found, starts = np.unique(episodes[order], return_index=True)
+        groups = np.split(order, starts[1:]) if found.size else []
+        return cls(path, table, {int(episode): rows for episode, rows in zip(found, groups, strict=True)})
+
+    def episode_rows(self, episode_index: int) -> pa.Table:
+        """The rows whose ``episode_index`` is ``episode_index``, in file order."""
+        rows = self.rows.get(episode_index)
+        if rows is None or rows.size == 0:
+            return self.table.slice(0, 0)
+        if rows[-1] - rows[0] + 1 == rows.size:  # contiguous, as LeRobot writes them: no copy
+            return self.table.slice(int(rows[0]), int(rows.size))
+        return self.table.take(pa.array(rows))
+
+
+class Source:
+    """Read side: metadata, data rows and video packets of the chosen episodes of the source dataset.
+
+    Metadata: :attr:`info`, :attr:`cameras`, :meth:`video_keys`, :meth:`task_names`, :meth:`episodes`,
+    :meth:`tasks`, :meth:`stats`. Data: :meth:`data_rows`, :meth:`packets`.
 
     Episodes are visited in source order, so consecutive episodes share a packed file; the last data file
     and one open video container per camera are kept to avoid re-reading them for every episode.
     """
 
-    def __init__(self, uri: str, storage_options: dict[str, Any] | None) -> None:
+    def __init__(self, uri: str, storage_options: dict[str, Any] | None, episodes: list[int]) -> None:
+        """Reads the source's metadata for the chosen ``episodes``.
+
+        Raises:
+            CurationError: The dataset's metadata cannot be used, or a chosen episode is not in it or
+                cannot be used; the message names the file and the reason.
+        """
         self.uri = uri
         self.fs, self.root = filesystem_for(uri, storage_options)
-        self.info = self._read_info()
-        self._version = self.info.codebase_version
-        if not self._version.startswith(("v3.", "v2.1")):
-            raise CurationError(f"{uri}: codebase {self._version} is not supported (v3.x or v2.1)")
-        self.cameras = [key for key, ft in self.info.features.items() if ft["dtype"] == "video"]
+        try:
+            self._meta = read_dataset(uri, storage_options, all_cameras=True, episodes=episodes)
+        except MetadataError as err:
+            raise CurationError(str(err)) from err
+        # lerobot's typed view of info.json, on a copy: the reader's record stays as it was read.
+        self.info = DatasetInfo.from_dict(copy.deepcopy(self._meta.info))
+        self.cameras = list(self._meta.video_keys)
+        self._episodes = _chosen(self._meta, episodes)
+        self._stats = self._read_stats({episode.episode_index for episode in self._episodes})
         self._videos: dict[str, tuple[str, ExitStack, av.container.InputContainer]] = {}
-        self._data: tuple[str, pa.Table] | None = None
+        self._data: _DataFile | None = None
 
     def __enter__(self) -> Source:
         return self
@@ -104,25 +138,17 @@ class Source:
         """The URI of a file of the source, as error messages name it."""
         return join_uri(self.uri, relative)
 
-    def _parquet(self, relative: str) -> pa.Table:
+    def _parquet(self, relative: str, columns: list[str] | None = None) -> pa.Table:
         with touching(self.file_uri(relative)), self.fs.open(self._path(relative), "rb") as f:
-            return pq.read_table(f)
-
-    # Metadata --------------------------------------------------------------------------------------
-
-    def _read_info(self) -> DatasetInfo:
-        with touching(self.file_uri(INFO_PATH)):
-            return DatasetInfo.from_dict(json.loads(self.fs.cat_file(self._path(INFO_PATH))))
-
-    def _row_count(self, relative: str) -> int:
-        with touching(self.file_uri(relative)), self.fs.open(self._path(relative), "rb") as f:
-            return pq.ParquetFile(f).metadata.num_rows
+            return pq.read_table(f, columns=columns)
 
     def _jsonl(self, relative: str) -> list[dict[str, Any]]:
         with touching(self.file_uri(relative)):
-            # As the catalog does: a stray non-UTF-8 byte costs its character, not the dataset.
+            # As the reader does: a stray non-UTF-8 byte costs its character, not the dataset.
             text = self.fs.cat_file(self._path(relative)).decode("utf-8", errors="replace")
             return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+    # Metadata --------------------------------------------------------------------------------------
 
     def video_keys(self, wanted: list[str] | None) -> list[str]:
         """The source's video features, or the ``wanted`` subset of them (in the source's order)."""
@@ -131,95 +157,78 @@ class Source:
             raise CurationError(f"{self.uri}: no video feature {unknown}; it has {self.cameras}")
         return list(self.cameras) if wanted is None else [key for key in self.cameras if key in wanted]
 
-    def task_names(self) -> dict[int, str]:
-        """Task index -> task string."""
-        if self._version.startswith("v2"):
+    @cached_property
+    def _task_table(self) -> dict[int, str]:
+        if self._meta.codebase_version == V21:
             return {row["task_index"]: row["task"] for row in self._jsonl(LEGACY_TASKS_PATH)}
         tasks = self._parquet(DEFAULT_TASKS_PATH).to_pandas()
         return {int(index): str(task) for task, index in tasks["task_index"].items()}
 
-    def episodes(self, indices: list[int]) -> list[SourceEpisode]:
-        """The chosen episodes' locations, tasks and stats, in the order of ``indices``."""
-        found = self._v2_episodes(indices) if self._version.startswith("v2") else self._v3_episodes(indices)
-        missing = sorted(set(indices) - set(found))
+    def task_names(self) -> dict[int, str]:
+        """Task index -> task string, as the source's tasks table has them."""
+        return dict(self._task_table)
+
+    def episodes(self) -> list[SourceEpisode]:
+        """The chosen episodes, in the order they were given."""
+        return list(self._episodes)
+
+    def tasks(self, episode: SourceEpisode) -> list[str]:
+        """The episode's task texts as the source's tasks table spells them.
+
+        The reader strips task texts (they are prompts); the curated dataset keeps the source's own,
+        since its tasks table and a later append match episodes to tasks by the exact text.
+        """
+        return [self._task_texts.get(task, task) for task in episode.tasks]
+
+    @cached_property
+    def _task_texts(self) -> dict[str, str]:
+        """Stripped text -> the tasks table's text; a text that is its own stripped form wins."""
+        texts: dict[str, str] = {}
+        for name in self._task_table.values():
+            texts.setdefault(name.strip(), name)
+        return texts | {name: name for name in self._task_table.values() if name == name.strip()}
+
+    def stats(self, episode: SourceEpisode) -> Stats:
+        """The episode's per-feature stats, as the source stores them."""
+        return self._stats[episode.episode_index]
+
+    def _read_stats(self, wanted: set[int]) -> dict[int, Stats]:
+        """The chosen episodes' stats: v3.0 ``stats/*`` index columns, v2.1 ``episodes_stats.jsonl``."""
+        if self._meta.codebase_version == V21:
+            rows = {row["episode_index"]: row["stats"] for row in self._jsonl(LEGACY_EPISODES_STATS_PATH)}
+            found = {index: cast_stats_to_numpy(rows[index]) for index in wanted if index in rows}
+            where = LEGACY_EPISODES_STATS_PATH
+        else:
+            found = {}
+            for relative in episodes_index_files(self.fs, self.root):
+                found |= self._v30_stats(relative, wanted)
+            where = EPISODES_DIR
+        missing = sorted(wanted - set(found))
         if missing:
-            raise CurationError(f"{self.uri}: episodes {missing} are not in the dataset")
-        return [found[index] for index in indices]
+            raise CurationError(f"{self.file_uri(where)}: no stats for episodes {missing}")
+        return found
 
-    def _v3_episodes(self, indices: list[int]) -> dict[int, SourceEpisode]:
-        files = sorted(self.fs.glob(self._path(f"{EPISODES_DIR}/*/*.parquet")))
-        table = pa.concat_tables(
-            [self._parquet(posixpath.relpath(f, self.root)) for f in files], promote_options="default"
-        )
-        table = table.filter(pc.is_in(table["episode_index"], value_set=pa.array(indices, pa.int64())))
-        episodes = {}
-        for row in table.to_pylist():
-            videos = {
-                key: VideoSpan(
-                    self.info.video_path.format(
-                        video_key=key,
-                        chunk_index=row[f"videos/{key}/chunk_index"],
-                        file_index=row[f"videos/{key}/file_index"],
-                    ),
-                    row[f"videos/{key}/from_timestamp"],
-                    row[f"videos/{key}/to_timestamp"],
-                )
-                for key in self.cameras
-            }
-            episodes[row["episode_index"]] = SourceEpisode(
-                index=row["episode_index"],
-                length=row["length"],
-                tasks=list(row["tasks"]),
-                data_path=self.info.data_path.format(
-                    chunk_index=row["data/chunk_index"], file_index=row["data/file_index"]
-                ),
-                videos=videos,
-                stats=row_stats(row),
-            )
-        return episodes
-
-    def _v2_episodes(self, indices: list[int]) -> dict[int, SourceEpisode]:
-        # v2.1: one parquet per episode and one mp4 per episode and camera, so every video starts at 0 s.
-        wanted = set(indices)
-        stats = {row["episode_index"]: row["stats"] for row in self._jsonl(LEGACY_EPISODES_STATS_PATH)}
-        episodes = {}
-        for row in self._jsonl(LEGACY_EPISODES_PATH):
-            index = row["episode_index"]
-            if index not in wanted:
-                continue
-            chunk = index // self.info.chunks_size
-            data_path = self.info.data_path.format(episode_chunk=chunk, episode_index=index)
-            # One data file per episode: its row count is the length (episodes.jsonl may be wrong, and
-            # the catalog, hence the progress file, already follows the data).
-            length = self._row_count(data_path)
-            episodes[index] = SourceEpisode(
-                index=index,
-                length=length,
-                tasks=list(row["tasks"]),
-                data_path=data_path,
-                videos={
-                    key: VideoSpan(
-                        self.info.video_path.format(episode_chunk=chunk, video_key=key, episode_index=index),
-                        0.0,
-                        length / self.info.fps,
-                    )
-                    for key in self.cameras
-                },
-                stats=cast_stats_to_numpy(stats[index]),
-            )
-        return episodes
+    def _v30_stats(self, relative: str, wanted: set[int]) -> dict[int, Stats]:
+        """The ``stats/*`` columns of one episodes index file, for its rows of ``wanted`` episodes."""
+        with touching(self.file_uri(relative)), self.fs.open(self._path(relative), "rb") as f:
+            parquet = pq.ParquetFile(f)
+            # In the file's column order: the stats keep it into the curated episodes index.
+            columns = [name for name in parquet.schema_arrow.names if name.startswith("stats/")]
+            table = parquet.read(columns=["episode_index", *columns])
+        chosen = pa.array(sorted(wanted), pa.int64())
+        table = table.filter(pc.is_in(table["episode_index"], value_set=chosen))
+        return {int(row["episode_index"]): row_stats(row) for row in table.to_pylist()}
 
     # Data rows and video packets -------------------------------------------------------------------
 
     def data_rows(self, episode: SourceEpisode) -> pa.Table:
         """The episode's rows of its data file, unchanged."""
-        if self._data is None or self._data[0] != episode.data_path:
-            self._data = (episode.data_path, self._parquet(episode.data_path))
-        table = self._data[1]
-        rows = table.filter(pc.equal(table["episode_index"], episode.index))
+        if self._data is None or self._data.path != episode.data_path:
+            self._data = _DataFile.of(episode.data_path, self._parquet(episode.data_path))
+        rows = self._data.episode_rows(episode.episode_index)
         if rows.num_rows != episode.length:
             raise CurationError(
-                f"{self.uri}/{episode.data_path}: episode {episode.index} has {rows.num_rows} rows, "
+                f"{self.uri}/{episode.data_path}: episode {episode.episode_index} has {rows.num_rows} rows, "
                 f"its metadata says {episode.length}"
             )
         return rows
@@ -264,7 +273,7 @@ class Source:
                     break
                 if time_s >= span.from_s - half_frame:
                     packets.append(packet)
-        where = f"{self.uri}/{span.path}: episode {episode.index}"
+        where = f"{self.uri}/{span.path}: episode {episode.episode_index}"
         if not packets:
             raise CurationError(f"{where} has no video packets between {span.from_s} s and {span.to_s} s")
         first = packets[0]
@@ -273,3 +282,21 @@ class Source:
                 f"{where} does not begin on a keyframe at {span.from_s} s, so it cannot be stream-copied"
             )
         return stream, packets
+
+
+def _chosen(meta: DatasetMeta, indices: list[int]) -> list[SourceEpisode]:
+    """The ``indices`` episodes of ``meta``, in that order.
+
+    Raises:
+        CurationError: One is not in the dataset (with the index entries that could not be parsed), or
+            the reader found it unusable (naming the file and the reason).
+    """
+    found = {episode.episode_index: episode for episode in meta.episodes}
+    missing = sorted(set(indices) - set(found))
+    if missing:
+        unparsed = "".join(f"; {error}" for error in meta.errors)
+        raise CurationError(f"{meta.root}: episodes {missing} are not in the dataset{unparsed}")
+    for index in indices:
+        if not found[index].ok:
+            raise CurationError(f"{found[index].error} (episode {index})")
+    return [found[index] for index in indices]

@@ -388,17 +388,33 @@ def _identities(source: _Source, prefixes: list[str]) -> dict[str, str]:
 # ---- v3.0 -------------------------------------------------------------------------------------------
 
 
+def episodes_index_files(fs: AbstractFileSystem, root_path: str) -> list[str]:
+    """The v3.0 episodes index files, ``meta/episodes/<chunk>/<file>.parquet``, relative to the root.
+
+    For readers of index columns :func:`read_dataset` does not return (the curated-set builder's
+    per-episode stats): the same files, found the same literal way.
+
+    Args:
+        fs: The dataset's filesystem.
+        root_path: The dataset root as ``fs`` understands it (no protocol).
+
+    Returns:
+        The files in name order; ``[]`` when there are none.
+    """
+    # The layout lerobot's load_nested_dataset reads (*/*.parquet), matched on listed names; one
+    # recursive listing (a single prefix listing on object stores, where maxdepth would walk).
+    listed = list_files(fs, posixpath.join(root_path.rstrip("/"), EPISODES_DIR))
+    return [
+        posixpath.join(EPISODES_DIR, relative)
+        for relative in listed
+        if relative.count("/") == 1 and relative.endswith(".parquet")
+    ]
+
+
 def _v30_index_files(source: _Source) -> list[str]:
     """The episodes index files, ``meta/episodes/<chunk>/<file>.parquet``, relative to the root."""
     with source.reading(EPISODES_DIR):
-        # The layout lerobot's load_nested_dataset reads (*/*.parquet), matched on listed names; one
-        # recursive listing (a single prefix listing on object stores, where maxdepth would walk).
-        listed = list_files(source.fs, source.path(EPISODES_DIR))
-        files = [
-            posixpath.join(EPISODES_DIR, relative)
-            for relative in listed
-            if relative.count("/") == 1 and relative.endswith(".parquet")
-        ]
+        files = episodes_index_files(source.fs, source.root_path)
         if not files:
             raise FileNotFoundError(EPISODES_DIR)
     return files
