@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from devkit.tiny_model import ensure_tiny_model
     from pipeline.config import load_config
     from pipeline.relabel import format_summary, run
-    from pipeline.report import ReportJob, threshold_origin, write_report
+    from pipeline.report import ReportJob, load_job_config, write_report
     from pipeline.storage import upload_dataset
 
     model_dir = ensure_tiny_model(CACHE / "models" / "tiny-qwen3_vl-s0", "qwen3_vl", "tiny", 0)
@@ -86,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(overrides)
         summary = run(cfg)
         print(format_summary(summary))
-        # The report goes where jobs.report puts it by default, <output.uri>/_report/, read from s3://.
-        report = write_report(cfg, ReportJob(), threshold_origin(overrides))
+        # The report goes where jobs.report puts it by default, <output.uri>/_report/, read from s3://;
+        # given only where the outputs are, it decides with the settings the run recorded.
+        reading = [item for item in overrides if item.startswith("output.")]
+        report = write_report(load_job_config(reading, ReportJob))
 
         if OUTPUT.exists():
             shutil.rmtree(OUTPUT)

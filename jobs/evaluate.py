@@ -1,13 +1,20 @@
 """Evaluate the labels of one dataset: VOC, ROC-AUC against labels, and two controls run through the model.
 
     python -m jobs.evaluate s3://fleet-labels/topreward/so100/pick_cube/episodes.parquet
-    python -m jobs.evaluate <episodes.parquet> --labels labels.csv model.path=... evaluate.max_episodes=8
+    python -m jobs.evaluate s3://fleet-labels/topreward/so100/pick_cube --labels labels.csv \\
+        evaluate.max_episodes=8 [success.threshold=-3 ...]
+
+Settings are those of the run that published the table (``<dataset>/_published.json`` names it, its
+record ``<output>/_runs/<run id>.json`` holds its config): the success threshold and window, the curation
+rules, and the ``model.*``, ``frames.*``, ``prefixes.*`` and ``scoring.*`` the controls re-score with. A
+``key=value`` given here overrides the record, and the printout says which setting came from where. A
+table without a run record is evaluated only when its ``model.path`` is given.
 
 The labels file maps episode_index to success, as for jobs.calibrate. The controls (the static video: the
-first frame repeated to the episode's length; shuffled frames) re-score ``evaluate.max_episodes`` episodes
-with the relabel settings given here (``model.*``, ``frames.*``, ``prefixes.*``, ``source.storage_options``);
-pass the ones the table was scored with. Prints a table and writes JSON to ``evaluate.out`` (default
-``evaluation.json`` next to the episodes table); the table and the JSON use ``output.storage_options``.
+first frame repeated to the episode's length; shuffled frames) re-score ``evaluate.max_episodes``
+episodes. Prints a table and writes JSON to ``evaluate.out`` (default ``evaluation.json`` next to the
+episodes table); the table, the record and the JSON use ``output.storage_options``, the videos
+``source.storage_options`` (as recorded, without secrets, unless given).
 """
 
 from __future__ import annotations
@@ -18,48 +25,95 @@ import posixpath
 import sys
 
 from pipeline.calibration import read_labels
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, device_class
 from pipeline.evaluation import EvaluateJob, evaluate, format_evaluation, json_safe
-from pipeline.report import load_job_config
+from pipeline.layout import EPISODES_FILE, EVALUATION_FILE
+from pipeline.report.config import JobArgs, RunSettings, load_job_config
 from pipeline.report.outputs import read_episodes
-from pipeline.storage import filesystem_for
-
-EVALUATION_FILE = "evaluation.json"
+from pipeline.storage import filesystem_for, join_uri, redact
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Evaluate, print, write the JSON; exit 2 on a config error."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("episodes", help="episodes.parquet written by jobs.relabel (local path or URI)")
-    parser.add_argument("--labels", help="ground-truth labels: csv/parquet (episode_index,success) or json")
-    parser.add_argument("overrides", nargs="*", help="key=value settings (relabel keys and evaluate.*)")
-    args = parser.parse_intermixed_args(argv)  # --labels may come before or after the keys
+class EvaluateRefused(Exception):
+    """The evaluation cannot run as asked; the message is the one line printed."""
+
+
+def table_uri(argument: str) -> str:
+    """The episodes table named on the command line: the file itself, or the dataset folder holding it."""
+    stripped = argument.rstrip("/")
+    return stripped if posixpath.basename(stripped) == EPISODES_FILE else join_uri(stripped, EPISODES_FILE)
+
+
+def check_controls(settings: RunSettings) -> None:
+    """Refuse, in one line, a model the controls could not load, before any frame is decoded.
+
+    Raises:
+        EvaluateRefused: no run record and no ``model.path`` given, a model that does not resolve, or a
+            recorded CUDA device on a machine without one.
+    """
+    cfg = settings.cfg
+    if settings.run_id is None and "model.path" not in settings.explicit:
+        raise EvaluateRefused(
+            f"{settings.missing}: which model, frames and threshold scored it is unknown; give them "
+            "(model.path=... frames.* prefixes.* success.threshold=...) to evaluate it anyway"
+        )
+    from pipeline.preflight import check_model  # Hugging Face and torch: only when the model is needed
+
     try:
-        cfg, job = load_job_config(args.overrides, EvaluateJob)
+        check_model(cfg.model)
     except ConfigError as err:
-        print(f"jobs.evaluate: {err}", file=sys.stderr)
-        return 2
-    if job.evaluate.max_episodes < 0:
-        print("jobs.evaluate: evaluate.max_episodes must be >= 0", file=sys.stderr)
-        return 2
-    options = cfg.output.storage_options
+        raise EvaluateRefused(str(err)) from None
+    if device_class(cfg.model.device) == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise EvaluateRefused(
+                f"{settings.origin('model.device')}, and this machine has no CUDA device: give "
+                "model.device=cpu (the controls then score in float32, so they differ from the table's)"
+            )
+
+
+def _evaluate(args: argparse.Namespace, job_args: JobArgs[EvaluateJob]) -> int:
+    options = job_args.base.output.storage_options
+    uri = table_uri(args.episodes)
     try:
-        rows = read_episodes(args.episodes, options)
+        rows = read_episodes(uri, options)
         labels = read_labels(args.labels, options) if args.labels else None
     except FileNotFoundError as err:
-        print(f"jobs.evaluate: not found: {err}", file=sys.stderr)
-        return 2
-    result = json_safe(evaluate(rows, cfg, job.evaluate, labels, args.episodes))
+        raise EvaluateRefused(f"not found: {redact(str(err), options)}") from None
+    settings = job_args.settings(posixpath.dirname(uri))
+    ecfg = job_args.job.evaluate
+    if ecfg.max_episodes > 0 and any(row["status"] == "ok" for row in rows):
+        check_controls(settings)
+    result = json_safe(evaluate(rows, settings, ecfg, labels, uri))
     print(format_evaluation(result), flush=True)
 
-    out = job.evaluate.out or posixpath.join(posixpath.dirname(args.episodes), EVALUATION_FILE)
+    out = ecfg.out or posixpath.join(posixpath.dirname(uri), EVALUATION_FILE)
     fs, path = filesystem_for(out, options)
     with fs.open(path, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
     print(f"evaluation: {out}", flush=True)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate, print, write the JSON; exit 2 with one line on a config error or a missing input."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "episodes", help="episodes.parquet written by jobs.relabel, or its dataset folder (path or URI)"
+    )
+    parser.add_argument("--labels", help="ground-truth labels: csv/parquet (episode_index,success) or json")
+    parser.add_argument("overrides", nargs="*", help="key=value settings (relabel keys and evaluate.*)")
+    args = parser.parse_intermixed_args(argv)  # --labels may come before or after the keys
+    try:
+        job_args = load_job_config(args.overrides, EvaluateJob)
+        if job_args.job.evaluate.max_episodes < 0:
+            raise EvaluateRefused("evaluate.max_episodes must be >= 0")
+        return _evaluate(args, job_args)
+    except (ConfigError, EvaluateRefused) as err:
+        print(f"jobs.evaluate: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ from PIL import Image
 from devkit.synth import frame_code, write_v21_dataset
 from jobs.report import main as report_main
 from pipeline.config import load_config
+from pipeline.layout import RECORD_FILE
 from pipeline.relabel import run
 from pipeline.report import ReportConfig
 from pipeline.report.outputs import find_datasets, list_source, read_episodes
@@ -57,6 +59,24 @@ class _Images(HTMLParser):
         self.text.append(data)
 
 
+class _Cells(HTMLParser):
+    """The text of every table cell, row by row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self.rows[-1].append("")
+
+    def handle_data(self, data: str) -> None:
+        if self.rows and self.rows[-1]:
+            self.rows[-1][-1] += data
+
+
 def _parse(path: Path) -> _Images:
     parser = _Images()
     parser.feed(path.read_text(encoding="utf-8"))
@@ -74,7 +94,8 @@ def _png(src: str) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def relabelled(ray_session, tiny_model_dir, tmp_path_factory) -> dict:
-    """A v2.1 dataset with one broken episode, relabelled for real; then one scored episode's video goes."""
+    """A v2.1 dataset with one broken episode, relabelled for real, then published again by a second run
+    whose threshold splits the scored episodes; then one scored episode's video goes."""
     tmp = tmp_path_factory.mktemp("report")
     root = write_v21_dataset(
         tmp / "fleet" / "report_ds", lengths=LENGTHS, fps=10, cameras=(CAMERA,), corrupt_episode=CORRUPT
@@ -93,24 +114,49 @@ def relabelled(ray_session, tiny_model_dir, tmp_path_factory) -> dict:
     assert summary.datasets[DATASET].failed == 1
     rows = read_episodes(str(output / DATASET / "episodes.parquet"), {})
     scores = sorted(row["success_score"] for row in rows if row["status"] == "ok")
-    # Between the lowest two scores: one scored episode fails the threshold, the others pass.
+    # Between the lowest two scores: one scored episode fails the threshold, the others pass. The second
+    # run scores nothing (same config hash); it re-decides and publishes under this threshold.
     threshold = (scores[0] + scores[1]) / 2
+    run(load_config([*overrides, f"success.threshold={threshold}"]))
+    run_id = json.loads((output / DATASET / RECORD_FILE).read_text())["run_id"]
     (root / "videos" / "chunk-000" / CAMERA / f"episode_{GONE:06d}.mp4").unlink()
-    return {"root": root, "output": output, "rows": rows, "threshold": threshold, "overrides": overrides}
+    return {
+        "root": root,
+        "output": output,
+        "rows": rows,
+        "scores": scores,
+        "threshold": threshold,
+        "run_id": run_id,
+        "overrides": overrides,
+    }
 
 
 @pytest.fixture(scope="module")
 def report(relabelled, tmp_path_factory) -> Path:
-    """The report of the relabelled outputs, written to a local folder."""
+    """The report of the relabelled outputs, given nothing but output.uri, written to a local folder."""
     out = tmp_path_factory.mktemp("report-html")
-    keys = [f"output.uri={relabelled['output']}", f"success.threshold={relabelled['threshold']}"]
-    assert report_main([*keys, f"report.out={out}"]) == 0
+    assert report_main([f"output.uri={relabelled['output']}", f"report.out={out}"]) == 0
     return out
 
 
 def test_finds_datasets_not_bookkeeping(relabelled):
     # _state/<hash>/fleet/report_ds holds shards, never an episodes.parquet at depth two; only the dataset.
     assert find_datasets(str(relabelled["output"]), {}) == [DATASET]
+
+
+def test_finds_datasets_by_listing_not_by_pattern(tmp_path):
+    # Names from storage are taken literally: brackets and stars are no pattern, in the dataset's name or
+    # in the output's own path.
+    output = tmp_path / "labels[1]"
+    for dataset in ("so100/pick[1]", "so100/pick*", "aloha/fold]"):
+        (output / dataset).mkdir(parents=True)
+        (output / dataset / "episodes.parquet").write_bytes(b"")
+    (output / "so100" / "no_table").mkdir()
+    (output / "so100" / "episodes.parquet").write_bytes(b"")  # at depth one: not a dataset
+    (output / "_state" / "abc" / "episodes.parquet").mkdir(parents=True)  # bookkeeping, and a folder
+    (output / "so100" / "pick1").mkdir()
+    (output / "so100" / "pick1" / "episodes.parquet").mkdir()  # a folder named like the table
+    assert find_datasets(str(output), {}) == ["aloha/fold]", "so100/pick*", "so100/pick[1]"]
 
 
 def test_pages_hold_one_plot_per_scored_episode_and_the_dataset_plots(relabelled, report):
@@ -133,17 +179,57 @@ def test_pages_hold_one_plot_per_scored_episode_and_the_dataset_plots(relabelled
 
     text = " ".join(page.text)
     raw = page_path.read_text(encoding="utf-8")
-    threshold = relabelled["threshold"]
-    assert f"Success threshold <b>{threshold:g}</b>: given as success.threshold=" in raw
-    # Two of the three scored episodes are above the threshold; the corrupt one is listed with its reason.
+    # The corrupt episode is listed with its reason.
     assert "success at threshold" in text
     corrupt = next(row for row in rows if row["episode_index"] == CORRUPT)
     assert corrupt["error"] and corrupt["error"] in text
-    assert raw.count("<span class='no'>no success</span>") == 1
-    assert raw.count("<span class='yes'>success</span>") == 2
     # Episode 3's video is gone: a note on its section, the page still has its curves.
     assert text.count("frames not shown") == 1
     assert "file not found" in text
+    assert raw.count("<span class='yes'>success</span>") == 2
+
+
+def _index_row(report: Path) -> dict[str, str]:
+    """The index's line of the dataset, by column heading."""
+    cells = _Cells()
+    cells.feed((report / "index.html").read_text(encoding="utf-8"))
+    heads, *lines = [[cell.strip() for cell in row] for row in cells.rows]
+    return dict(zip(heads, next(line for line in lines if line[0] == DATASET), strict=True))
+
+
+def test_report_takes_the_threshold_of_the_run_that_published(relabelled, report):
+    # Only output.uri was given: the threshold is the publishing run's, which splits the three scored
+    # episodes 2/1, never conf/relabel.yaml's. Index, page and cards agree, and so does the curated set.
+    threshold, run_id = relabelled["threshold"], relabelled["run_id"]
+    raw = (report / f"{DATASET}.html").read_text(encoding="utf-8")
+    assert (
+        f"Success threshold <b>{threshold:g}</b>: success.threshold {threshold:g} from run {run_id}." in raw
+    )
+    assert raw.count("<span class='no'>no success</span>") == 1
+    assert raw.count("<span class='yes'>success</span>") == 2
+    assert raw.count("curated: yes") == 2 and raw.count("curated: no") == 1
+    assert "given on the command line" not in raw and "differ" not in raw
+    line = _index_row(report)
+    assert (line["success"], line["selected"], line["curated"]) == ("2", "2", "2")
+    assert line["threshold"] == f"{threshold:g}" and line["settings from"] == f"run {run_id}"
+
+
+def test_a_threshold_given_on_the_command_line_wins_and_is_announced(relabelled, tmp_path, capsys):
+    lowest, run_id = relabelled["scores"][0], relabelled["run_id"]
+    keys = [f"output.uri={relabelled['output']}", f"success.threshold={lowest - 1}", "report.max_episodes=0"]
+    assert report_main([*keys, f"report.out={tmp_path}"]) == 0
+    announced = (
+        f"success.threshold={lowest - 1:g} given on the command line, overriding run {run_id}'s "
+        f"{relabelled['threshold']:g}"
+    )
+    assert announced in capsys.readouterr().out
+    text = "".join(_parse(tmp_path / f"{DATASET}.html").text)
+    assert f"Success threshold {lowest - 1:g}: {announced}." in text
+    # Every scored episode succeeds now; the published curated set is still the run's two.
+    line = _index_row(tmp_path)
+    assert (line["success"], line["selected"], line["curated"]) == ("3", "3", "2")
+    assert line["settings from"] == f"command line (run {run_id})"
+    assert "3 episode(s) selected at these settings, 2 in the published curated version" in text
 
 
 def test_thumbnails_are_the_episode_frames(relabelled):
@@ -168,7 +254,9 @@ def test_report_reads_outputs_from_s3(relabelled, s3, s3_options, tmp_path):
     s3.get(f"{prefix}/_report/", str(tmp_path), recursive=True)
     page = _parse(tmp_path / f"{DATASET}.html")
     assert sum(img.get("class") == "episode-plot" for img in page.images) == 3
-    assert "success.threshold from conf/relabel.yaml" in " ".join(page.text)
+    # The run record travelled with the outputs: the threshold is still the publishing run's.
+    threshold = relabelled["threshold"]
+    assert f"success.threshold {threshold:g} from run {relabelled['run_id']}" in " ".join(page.text)
 
 
 def test_bad_keys_are_refused_by_name(relabelled, capsys):

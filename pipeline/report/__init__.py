@@ -1,7 +1,28 @@
 """An HTML report of the published labels: per dataset, success and VOC distributions, failed episodes
-and, per episode, sampled frames above its progress curve and raw log P("True") per prefix."""
+and, per episode, sampled frames above its progress curve and raw log P("True") per prefix.
 
-from pipeline.report.config import ReportConfig, ReportJob, load_job_config, threshold_origin
-from pipeline.report.pages import write_report
+The names below load on first use, so that ``pipeline.report.outputs`` (what ``jobs.evaluate`` and other
+readers use) imports neither matplotlib nor PyAV through this package.
+"""
 
-__all__ = ["ReportConfig", "ReportJob", "load_job_config", "threshold_origin", "write_report"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "JobArgs": "pipeline.report.config",
+    "ReportConfig": "pipeline.report.config",
+    "ReportJob": "pipeline.report.config",
+    "RunSettings": "pipeline.report.config",
+    "load_job_config": "pipeline.report.config",
+    "write_report": "pipeline.report.pages",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -2,7 +2,9 @@
 
 Datasets are found under ``output.uri`` by their ``episodes.parquet`` (``<robot>/<task>/episodes.parquet``;
 folders starting with ``_``, such as ``_state``, are bookkeeping). Columns are read by name so that
-tables with extra columns, or written by an older version without some, still load.
+tables with extra columns, or written by an older version without some, still load. Paths come from
+:mod:`pipeline.layout`; this module imports neither Ray nor LeRobot nor PyAV (listing a source dataset
+again, :func:`list_source`, loads the catalog when it is called).
 """
 
 from __future__ import annotations
@@ -10,40 +12,99 @@ from __future__ import annotations
 import json
 import posixpath
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
-from lerobot.datasets.utils import INFO_PATH
 
-from pipeline.catalog import EpisodeRecord, list_episodes
-from pipeline.config import SourceConfig
+from pipeline.config import CurationConfig, SourceConfig, SuccessConfig
 from pipeline.curated.pointer import resolve_curated
-from pipeline.layout import CURATED_DIR, EPISODES_FILE
+from pipeline.decision import decide
+from pipeline.layout import CURATED_DIR, DATASET_ID_PARTS, EPISODES_FILE
+from pipeline.reader.listing import list_folder
 from pipeline.storage import filesystem_for, join_uri, redact
 
+if TYPE_CHECKING:
+    from pipeline.catalog import EpisodeRecord
+
+# LeRobot's metadata file under a dataset root (lerobot.datasets.utils.INFO_PATH), named here so that
+# reading the outputs does not import LeRobot.
+INFO_PATH = "meta/info.json"
 # The folder every LeRobot video_path template starts with (v3.0 and v2.1), right under the root.
 VIDEOS_DIR = "videos"
 
 
+def _bookkeeping(name: str) -> bool:
+    return name.startswith(("_", "."))
+
+
 def find_datasets(output_uri: str, storage_options: dict[str, Any]) -> list[str]:
-    """Dataset ids (``robot/task``) that have an ``episodes.parquet`` under ``output_uri``, sorted."""
+    """Dataset ids (``robot/task``) that have an ``episodes.parquet`` under ``output_uri``, sorted.
+
+    Folders are listed, never globbed: a dataset named ``pick[1]`` or ``a*`` is found as it is written.
+    """
     fs, base = filesystem_for(output_uri, storage_options)
     base = base.rstrip("/")
     fs.invalidate_cache(base)
-    found = []
-    for path in fs.glob(posixpath.join(base, "*", "*", EPISODES_FILE)):
-        dataset_id = posixpath.relpath(posixpath.dirname(path), base)
-        if not any(part.startswith(("_", ".")) for part in dataset_id.split("/")):
-            found.append(dataset_id)
+    level = [base]
+    for _ in range(DATASET_ID_PARTS):
+        level = [
+            entry["name"]
+            for folder in level
+            for entry in list_folder(fs, folder)
+            if entry["type"] == "directory" and not _bookkeeping(posixpath.basename(entry["name"]))
+        ]
+    found = [
+        posixpath.relpath(folder, base)
+        for folder in level
+        if any(
+            posixpath.basename(entry["name"]) == EPISODES_FILE and entry["type"] == "file"
+            for entry in list_folder(fs, folder)
+        )
+    ]
     return sorted(found)
 
 
-def read_episodes(uri: str, storage_options: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows of an ``episodes.parquet`` as dicts, sorted by episode index."""
+def read_episodes_table(uri: str, storage_options: dict[str, Any]) -> pa.Table:
+    """An ``episodes.parquet`` as written, sorted by episode index."""
     fs, path = filesystem_for(uri, storage_options)
     with fs.open(path, "rb") as f:
-        rows = pq.read_table(f).to_pylist()
-    return sorted(rows, key=lambda row: row["episode_index"])
+        table = pq.read_table(f)
+    return table.sort_by("episode_index")
+
+
+def read_episodes(uri: str, storage_options: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows of an ``episodes.parquet`` as dicts, sorted by episode index (decisions as stored)."""
+    return read_episodes_table(uri, storage_options).to_pylist()
+
+
+@dataclass(frozen=True)
+class DecidedEpisodes:
+    """An episodes table with success and selection decided under one run's settings.
+
+    Attributes:
+        rows: The rows, sorted by episode index; ``success_score``, ``success`` and ``selected`` are
+            :func:`pipeline.decision.decide`'s, never the stored ones.
+        stale: Rows whose stored ``success`` or ``selected`` differs from the decision (a table published
+            under other settings, or settings given on the command line).
+    """
+
+    rows: list[dict[str, Any]]
+    stale: int
+
+
+def read_decided(
+    uri: str, storage_options: dict[str, Any], success: SuccessConfig, curation: CurationConfig
+) -> DecidedEpisodes:
+    """The rows of an ``episodes.parquet`` with success and selection decided under these settings."""
+    table = read_episodes_table(uri, storage_options)
+    stored = table.select([c for c in ("success", "selected") if c in table.column_names]).to_pylist()
+    rows = decide(table, success, curation).to_pylist()
+    stale = sum(
+        any(name in old and bool(old[name]) != row[name] for name in ("success", "selected"))
+        for old, row in zip(stored, rows, strict=True)
+    )
+    return DecidedEpisodes(rows, stale)
 
 
 def curated_count(dataset_uri: str, storage_options: dict[str, Any]) -> int | None:
@@ -87,6 +148,8 @@ def list_source(rows: list[dict[str, Any]], storage_options: dict[str, Any]) -> 
     Returns:
         The listed episodes by index, the camera's frame size, or the reason nothing could be listed.
     """
+    from pipeline.catalog import list_episodes  # LeRobot and PyAV: only when a source is listed
+
     if not rows:
         return SourceEpisodes("", {}, None, "no episodes")
     camera = next((row["camera"] for row in rows if row.get("camera")), None)

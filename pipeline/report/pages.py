@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import math
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,19 +18,26 @@ import numpy as np
 
 from pipeline.config import ConfigError, RelabelConfig
 from pipeline.frames.decode import decode_frames
-from pipeline.layout import EPISODES_FILE
-from pipeline.report.config import ReportConfig, ReportJob
+from pipeline.layout import EPISODES_FILE, OutputLayout
+from pipeline.report.config import (
+    DECISION_KEYS,
+    JobArgs,
+    ReportConfig,
+    ReportJob,
+    RunSettings,
+    format_value,
+)
 from pipeline.report.outputs import (
+    DecidedEpisodes,
     SourceEpisodes,
     curated_count,
     find_datasets,
     list_source,
-    read_episodes,
+    read_decided,
 )
 from pipeline.report.plots import episode_figure, success_histogram, voc_histogram
 from pipeline.storage import filesystem_for, join_uri, redact
 
-REPORT_DIR = "_report"
 INDEX_FILE = "index.html"
 
 STYLE = """
@@ -57,7 +65,10 @@ class DatasetSummary:
     ok: int
     failed: int
     successes: int
-    curated: int | None
+    selected: int  # decided under the settings shown
+    curated: int | None  # in the published curated version
+    threshold: float
+    origin: str  # the run whose settings decided, or why the defaults did
 
 
 def _finite(value: Any) -> bool:
@@ -104,8 +115,9 @@ def episode_thumbnails(
 
 
 def _episode_section(
-    row: dict[str, Any], source: SourceEpisodes, cfg: RelabelConfig, rcfg: ReportConfig, threshold: float
+    row: dict[str, Any], source: SourceEpisodes, cfg: RelabelConfig, rcfg: ReportConfig
 ) -> str:
+    """One episode's card; its success and selection are the decided ones in ``row``."""
     index = int(row["episode_index"])
     head = f"Episode {index} · {html.escape(str(row['status']))}"
     task = html.escape(str(row.get("task") or ""))
@@ -116,15 +128,15 @@ def _episode_section(
             f"<section class='episode failed' id='episode-{index}'><h3>{head}</h3>"
             f"<p class='meta'>{meta}</p><p class='error'>{error}</p></section>"
         )
+    threshold = cfg.success.threshold
     score = row.get("success_score")
-    succeeded = _finite(score) and score > threshold
-    verdict = "<span class='yes'>success</span>" if succeeded else "<span class='no'>no success</span>"
+    verdict = "<span class='yes'>success</span>" if row["success"] else "<span class='no'>no success</span>"
     voc = row.get("voc")
     voc_text = f"{voc:.3f}" if _finite(voc) else "undefined (constant progress)"
     score_text = f"{score:.3f}" if _finite(score) else "n/a"
     meta += (
         f" · success score {score_text} vs threshold {threshold:g} → {verdict} · VOC {voc_text}"
-        f" · curated: {'yes' if row.get('selected') else 'no'}"
+        f" · curated: {'yes' if row['selected'] else 'no'}"
     )
     frames, frame_indices, note = episode_thumbnails(row, source, cfg, rcfg)
     plot = episode_figure(
@@ -150,63 +162,99 @@ def _episode_section(
     return "".join(parts)
 
 
-def dataset_page(
-    dataset_id: str,
-    rows: list[dict[str, Any]],
-    curated: int | None,
-    cfg: RelabelConfig,
-    rcfg: ReportConfig,
-    threshold_origin: str,
-) -> tuple[str, DatasetSummary]:
-    """The HTML page of one dataset and its line for the index.
+def settings_paragraphs(settings: RunSettings) -> list[str]:
+    """Where the threshold and the other decision settings came from, and what an override means."""
+    cfg = settings.cfg
+    source = f"run {settings.run_id}" if settings.run_id else "the defaults"
+    # The paragraph names the run once; a key given on the command line says so in full.
+    others = [
+        settings.origin(key) if settings.overridden((key,)) else f"{key} {format_value(settings.value(key))}"
+        for key in (*DECISION_KEYS[1:], "model.path")
+    ]
+    body = [
+        f"<p id='threshold'>Success threshold <b>{cfg.success.threshold:g}</b>: "
+        f"{html.escape(settings.origin('success.threshold'))}. An episode succeeds when its success score "
+        f'(mean raw log P("True") over the last {cfg.success.window} prefixes) is above it.</p>',
+        f"<p class='meta' id='settings'>Decided with the settings of {html.escape(source)}: "
+        f"{html.escape('; '.join(others))}.</p>",
+    ]
+    overridden = settings.overridden(DECISION_KEYS)
+    if overridden and settings.run_id:
+        body.append(
+            f"<p class='note'>{html.escape(', '.join(overridden))} given on the command line: this page "
+            f"shows what they would decide; the published labels and curated set are run "
+            f"{html.escape(settings.run_id)}'s.</p>"
+        )
+    return body
 
-    Args:
-        dataset_id: e.g. ``so100/pick_cube``.
-        rows: its ``episodes.parquet`` rows.
-        curated: episodes in its published curated dataset, None when there is none.
-        cfg: relabel settings in effect (threshold, success window, source storage options).
-        rcfg: report settings.
-        threshold_origin: where the threshold came from, in words.
-    """
-    threshold = cfg.success.threshold
+
+def _summary(
+    dataset_id: str, decided: DecidedEpisodes, curated: int | None, settings: RunSettings
+) -> DatasetSummary:
+    rows = decided.rows
     ok = [row for row in rows if row["status"] == "ok"]
-    failed = [row for row in rows if row["status"] != "ok"]
+    origin = f"run {settings.run_id}" if settings.run_id else settings.missing
+    if settings.overridden(("success.threshold",)):
+        origin = f"command line ({origin})"
+    return DatasetSummary(
+        dataset_id,
+        f"{dataset_id}.html",
+        len(rows),
+        len(ok),
+        len(rows) - len(ok),
+        sum(bool(row["success"]) for row in ok),
+        sum(bool(row["selected"]) for row in ok),
+        curated,
+        settings.cfg.success.threshold,
+        origin,
+    )
+
+
+def _counts_table(summary: DatasetSummary, decided: DecidedEpisodes) -> list[str]:
+    curated = "none published" if summary.curated is None else str(summary.curated)
+    body = [
+        "<table><tr><th>episodes</th><th>scored</th><th>failed</th><th>success at threshold</th>"
+        "<th>selected at these settings</th><th>curated (published)</th></tr>"
+        f"<tr><td>{summary.episodes}</td><td>{summary.ok}</td><td>{summary.failed}</td>"
+        f"<td>{summary.successes}</td><td>{summary.selected}</td><td>{curated}</td></tr></table>"
+    ]
+    if summary.selected != (summary.curated or 0):
+        body.append(
+            f"<p class='note'>{summary.selected} episode(s) selected at these settings, "
+            f"{summary.curated or 0} in the published curated version.</p>"
+        )
+    if decided.stale:
+        body.append(
+            f"<p class='note'>{decided.stale} stored success or selection label(s) differ from the decision "
+            "at these settings; a relabel run with them re-decides the published files.</p>"
+        )
+    return body
+
+
+def _failed_section(failed: list[dict[str, Any]]) -> list[str]:
+    body = [f"<h2>Failed episodes ({len(failed)})</h2>"]
+    if not failed:
+        return [*body, "<p>none</p>"]
+    body.append("<table id='failed'><tr><th>episode</th><th>reason</th></tr>")
+    body.extend(
+        f"<tr><td><a href='#episode-{row['episode_index']}'>{row['episode_index']}</a></td>"
+        f"<td class='error'>{html.escape(str(row.get('error') or ''))}</td></tr>"
+        for row in failed
+    )
+    body.append("</table>")
+    return body
+
+
+def _dataset_figures(ok: list[dict[str, Any]], cfg: RelabelConfig, rcfg: ReportConfig) -> list[str]:
     scores = [row["success_score"] for row in ok if _finite(row.get("success_score"))]
     vocs = [row["voc"] for row in ok if _finite(row.get("voc"))]
-    successes = sum(score > threshold for score in scores)
-    changed = sum(
-        bool(row.get("success")) != (_finite(row.get("success_score")) and row["success_score"] > threshold)
-        for row in ok
-    )
-    models = sorted({str(row.get("model")) for row in ok if row.get("model")})
-    summary = DatasetSummary(
-        dataset_id, f"{dataset_id}.html", len(rows), len(ok), len(failed), successes, curated
-    )
-    body = [
-        "<p><a href='../index.html'>← all datasets</a></p>",
-        f"<h1>{html.escape(dataset_id)}</h1>",
-        f"<p class='meta'>model: {html.escape(', '.join(models) or 'n/a')} · "
-        f"report written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC</p>",
-        "<table><tr><th>episodes</th><th>scored</th><th>failed</th><th>success at threshold</th>"
-        "<th>curated</th></tr>"
-        f"<tr><td>{len(rows)}</td><td>{len(ok)}</td><td>{len(failed)}</td><td>{successes}</td>"
-        f"<td>{'none published' if curated is None else curated}</td></tr></table>",
-        f"<p id='threshold'>Success threshold <b>{threshold:g}</b>: {html.escape(threshold_origin)}. "
-        f'An episode succeeds when its success score (mean raw log P("True") over the last '
-        f"{cfg.success.window} prefixes) is above it.</p>",
-    ]
-    if changed:
-        body.append(
-            f"<p class='note'>{changed} stored success label(s) differ at this threshold; the next relabel "
-            "run with it re-decides them and the curated set.</p>"
-        )
-    body.append("<h2>Dataset</h2><div class='figures'>")
+    body = ["<h2>Dataset</h2><div class='figures'>"]
     if scores:
         body.append(
             f"<img class='dataset-plot' data-plot='success-histogram' alt='success score histogram' "
-            f"src='{success_histogram(scores, threshold, rcfg.dpi)}'>"
+            f"src='{success_histogram(scores, cfg.success.threshold, rcfg.dpi)}'>"
         )
-    if vocs or ok:
+    if ok:
         body.append(
             f"<img class='dataset-plot' data-plot='voc-histogram' alt='VOC distribution' "
             f"src='{voc_histogram(vocs, rcfg.dpi)}'>"
@@ -217,17 +265,39 @@ def dataset_page(
             f"<p class='meta'>VOC mean {np.mean(vocs):.3f}, median {np.median(vocs):.3f}"
             f"{f', {len(ok) - len(vocs)} undefined' if len(vocs) < len(ok) else ''}.</p>"
         )
-    body.append(f"<h2>Failed episodes ({len(failed)})</h2>")
-    if failed:
-        body.append("<table id='failed'><tr><th>episode</th><th>reason</th></tr>")
-        body.extend(
-            f"<tr><td><a href='#episode-{row['episode_index']}'>{row['episode_index']}</a></td>"
-            f"<td class='error'>{html.escape(str(row.get('error') or ''))}</td></tr>"
-            for row in failed
-        )
-        body.append("</table>")
-    else:
-        body.append("<p>none</p>")
+    return body
+
+
+def dataset_page(
+    dataset_id: str,
+    decided: DecidedEpisodes,
+    curated: int | None,
+    settings: RunSettings,
+    rcfg: ReportConfig,
+) -> tuple[str, DatasetSummary]:
+    """The HTML page of one dataset and its line for the index.
+
+    Args:
+        dataset_id: e.g. ``so100/pick_cube``.
+        decided: its ``episodes.parquet`` rows, decided under ``settings`` (:func:`read_decided`).
+        curated: episodes in its published curated version, None when there is none.
+        settings: the publishing run's settings under the command line, with their origins.
+        rcfg: report settings.
+    """
+    cfg, rows = settings.cfg, decided.rows
+    ok = [row for row in rows if row["status"] == "ok"]
+    summary = _summary(dataset_id, decided, curated, settings)
+    models = sorted({str(row.get("model")) for row in ok if row.get("model")})
+    body = [
+        "<p><a href='../index.html'>← all datasets</a></p>",
+        f"<h1>{html.escape(dataset_id)}</h1>",
+        f"<p class='meta'>model: {html.escape(', '.join(models) or 'n/a')} · "
+        f"report written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC</p>",
+        *_counts_table(summary, decided),
+        *settings_paragraphs(settings),
+        *_dataset_figures(ok, cfg, rcfg),
+        *_failed_section([row for row in rows if row["status"] != "ok"]),
+    ]
     shown = rows[: rcfg.max_episodes]
     body.append(f"<h2>Episodes ({len(shown)} of {len(rows)} shown)</h2>")
     if len(shown) < len(rows):
@@ -235,23 +305,26 @@ def dataset_page(
     source = list_source(shown, cfg.source.storage_options)
     if shown and source.error:
         body.append(f"<p class='note'>frames: {html.escape(source.error)}</p>")
-    body.extend(_episode_section(row, source, cfg, rcfg, threshold) for row in shown)
+    body.extend(_episode_section(row, source, cfg, rcfg) for row in shown)
     return _page(f"TOPReward report: {dataset_id}", body), summary
 
 
-def index_page(output_uri: str, summaries: list[DatasetSummary], threshold: float) -> str:
-    """The index: one line per dataset with its counts and a link to its page."""
+def index_page(output_uri: str, summaries: list[DatasetSummary], overrides: list[str]) -> str:
+    """The index: one line per dataset with its counts, the threshold that decided them, and a link."""
+    given = ", ".join(item for item in overrides if not item.startswith("output."))
     body = [
         "<h1>TOPReward labels</h1>",
-        f"<p class='meta'>outputs: {html.escape(output_uri)} · success threshold {threshold:g} · "
+        f"<p class='meta'>outputs: {html.escape(output_uri)} · each dataset decided with the settings of "
+        f"the run that published it{f', under {html.escape(given)}' if given else ''} · "
         f"written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC</p>",
         "<table id='datasets'><tr><th>dataset</th><th>episodes</th><th>scored</th><th>failed</th>"
-        "<th>success</th><th>curated</th></tr>",
+        "<th>success</th><th>selected</th><th>curated</th><th>threshold</th><th>settings from</th></tr>",
     ]
     body.extend(
         f"<tr><td><a href='{html.escape(s.page)}'>{html.escape(s.dataset_id)}</a></td><td>{s.episodes}</td>"
-        f"<td>{s.ok}</td><td>{s.failed}</td><td>{s.successes}</td>"
-        f"<td>{'none' if s.curated is None else s.curated}</td></tr>"
+        f"<td>{s.ok}</td><td>{s.failed}</td><td>{s.successes}</td><td>{s.selected}</td>"
+        f"<td>{'none' if s.curated is None else s.curated}</td><td>{format_value(s.threshold)}</td>"
+        f"<td>{html.escape(s.origin)}</td></tr>"
         for s in summaries
     )
     body.append("</table>")
@@ -271,11 +344,17 @@ def _check(rcfg: ReportConfig) -> None:
             raise ConfigError(message)
 
 
-def write_report(cfg: RelabelConfig, job: ReportJob, threshold_origin: str) -> str:
-    """Write the report of every dataset under ``cfg.output.uri`` (or only ``job.dataset``).
+def write_report(args: JobArgs[ReportJob], progress: Callable[[str], None] | None = None) -> str:
+    """Write the report of every dataset under ``output.uri`` (or only ``job.dataset``).
 
-    Pages go to ``job.report.out`` (default ``<output.uri>/_report``), through fsspec with
-    ``output.storage_options``; videos are read with ``source.storage_options``.
+    Each dataset is decided (:func:`pipeline.decision.decide`) with the settings of the run that
+    published it, under the command line's overrides. Pages go to ``job.report.out`` (default
+    ``<output.uri>/_report``), through fsspec with ``output.storage_options``; videos are read with
+    ``source.storage_options``.
+
+    Args:
+        args: the command line (:func:`pipeline.report.config.load_job_config`).
+        progress: called with one line per dataset: its counts and where its threshold came from.
 
     Returns:
         The URI of the index page.
@@ -283,26 +362,33 @@ def write_report(cfg: RelabelConfig, job: ReportJob, threshold_origin: str) -> s
     Raises:
         ConfigError: a report setting is out of range, or ``job.dataset`` has no episodes table.
     """
-    rcfg = job.report
-    _check(rcfg)
-    options = cfg.output.storage_options
-    datasets = find_datasets(cfg.output.uri, options)
+    job, base = args.job, args.base
+    _check(job.report)
+    options = base.output.storage_options
+    outputs = OutputLayout(base.output.uri)
+    datasets = find_datasets(base.output.uri, options)
     if job.dataset is not None:
         if job.dataset not in datasets:
             found = ", ".join(datasets) or "none"
             raise ConfigError(f"dataset={job.dataset}: no {EPISODES_FILE} there (found: {found})")
         datasets = [job.dataset]
-    out = rcfg.out or join_uri(cfg.output.uri, REPORT_DIR)
+    out = job.report.out or outputs.report
     summaries = []
     for dataset_id in datasets:
-        base = join_uri(cfg.output.uri, dataset_id)
-        rows = read_episodes(join_uri(base, EPISODES_FILE), options)
+        layout = outputs.dataset(dataset_id)
+        settings = args.settings(layout.base)
+        decided = read_decided(layout.episodes, options, settings.cfg.success, settings.cfg.curation)
         page, summary = dataset_page(
-            dataset_id, rows, curated_count(base, options), cfg, rcfg, threshold_origin
+            dataset_id, decided, curated_count(layout.base, options), settings, job.report
         )
         _write_text(join_uri(out, summary.page), page, options)
         summaries.append(summary)
-    index = index_page(cfg.output.uri, summaries, cfg.success.threshold)
+        if progress is not None:
+            progress(
+                f"{dataset_id}: {summary.ok} scored, {summary.successes} success, {summary.selected} "
+                f"selected; {settings.origin('success.threshold')}"
+            )
+    index = index_page(base.output.uri, summaries, args.overrides)
     return _write_text(join_uri(out, INDEX_FILE), index, options)
 
 
