@@ -7,11 +7,13 @@ LeRobot's trainer reads ``--dataset.root`` and ``--sample_weighting.progress_pat
         output.storage_options='{endpoint_url: http://127.0.0.1:9000}'
 
 The folder gets the dataset's files (``topreward_progress.parquet``, ``episodes.parquet``) and, as
-``curated/``, the curated version the pointer names when the pull starts (``pipeline.versions``): its
+``curated/``, the curated version the pointer names when the pull starts (``pipeline.curated.pointer``): its
 ``meta/info.json`` first, so every file that info names is already published. A ``curated/`` pulled
 earlier is replaced in one rename, or removed when no episode is selected any more. Storage options use
 the same ``key=value`` syntax and the same key as ``jobs.relabel`` (``output.storage_options``);
-credentials otherwise come from the backend's usual environment and config.
+credentials otherwise come from the backend's usual environment and config. Only ``output.*`` keys apply:
+the files are copied as the run that published them decided them, and pull prints that run and its
+success and curation settings (from its run record).
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lerobot.datasets.utils import INFO_PATH
-
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, load_config, override_keys
 from pipeline.curated.pointer import resolve_curated
 from pipeline.layout import CURATED_DIR, EPISODES_FILE, PROGRESS_FILE
+from pipeline.report.config import load_settings
+from pipeline.report.outputs import INFO_PATH
 from pipeline.storage import filesystem_for, join_uri, redact
+
+# What pull says about the run whose files it copied: the settings that decided what curated/ holds.
+PROVENANCE_KEYS = ("success.threshold", "success.window", "curation.require_success", "curation.min_voc",
+                   "curation.min_final_progress", "model.path")  # fmt: skip
 
 
 def pull_curated(uri: str, dest: Path, storage_options: Mapping[str, Any] | None) -> list[Path]:
@@ -100,6 +106,15 @@ def pull(uri: str, dest: str | Path, storage_options: Mapping[str, Any] | None =
     return sorted(local + pull_curated(uri, dest / CURATED_DIR, storage_options))
 
 
+def provenance(uri: str, overrides: list[str]) -> list[str]:
+    """Lines naming the run that published the dataset at ``uri`` and the settings that decided it."""
+    settings = load_settings(uri.rstrip("/"), overrides, load_config(overrides))
+    if settings.run_id is None:
+        return [f"published by: unknown ({settings.missing})"]
+    origins = "; ".join(settings.origin(key) for key in PROVENANCE_KEYS)
+    return [f"published by run {settings.run_id}: {origins}"]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Pull the outputs and print where LeRobot's trainer finds them; exit 2 on a bad argument."""
     parser = argparse.ArgumentParser(
@@ -111,6 +126,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dest", help="local folder")
     parser.add_argument("overrides", nargs="*", help="output.storage_options='{...}' (as for jobs.relabel)")
     args = parser.parse_args(argv)
+    ignored = [key for key in override_keys(args.overrides) if not key.startswith("output.")]
+    if ignored:
+        print(
+            f"jobs.pull: {', '.join(ignored)}: only output.* keys apply; the files are copied as the run "
+            "that published them decided them (jobs.report and jobs.evaluate take other settings)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         options = load_config(args.overrides).output.storage_options
     except ConfigError as err:
@@ -118,12 +141,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         files = pull(args.uri, args.dest, options)
+        lines = provenance(args.uri, args.overrides)
+    except ConfigError as err:
+        print(f"jobs.pull: {err}", file=sys.stderr)
+        return 2
     except FileNotFoundError as err:
         print(f"jobs.pull: {redact(str(err), options)}", file=sys.stderr)
         return 2
     dest = Path(args.dest)
     size = sum(f.stat().st_size for f in files)
     print(f"pulled {len(files)} files ({size / 1e6:.1f} MB) from {args.uri} to {dest}")
+    print(*lines, sep="\n")
     for label, path in (
         ("progress (--sample_weighting.progress_path)", dest / PROGRESS_FILE),
         ("episodes", dest / EPISODES_FILE),

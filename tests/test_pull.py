@@ -1,12 +1,17 @@
 """jobs.pull: a dataset's outputs copied from object storage (moto S3) to local disk, byte for byte, with
-the curated version the pointer names as ``curated/``."""
+the curated version the pointer names as ``curated/``; the run that published them named; no heavy
+imports."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 from jobs.pull import main, pull
 from pipeline.curated.pointer import Pointer
+from pipeline.layout import RECORD_FILE
 from tests.conftest import BUCKET
 
 FILES = {
@@ -73,3 +78,41 @@ def test_cli_fails_cleanly_on_an_empty_prefix(s3, s3_options, tmp_path, capsys):
     assert status == 2
     assert "no files under" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_names_the_run_that_published_and_its_settings(golden_run, tmp_path, capsys):
+    options = "{" + ", ".join(f"{k}: '{v}'" for k, v in golden_run.s3_options.items()) + "}"
+    dataset = golden_run.datasets["v30"]
+    uri = f"{golden_run.output}/{dataset}"
+    assert main([uri, str(tmp_path / "v30"), f"output.storage_options={options}"]) == 0
+    run_id = json.loads((tmp_path / "v30" / RECORD_FILE).read_text())["run_id"]
+    out = capsys.readouterr().out
+    threshold = golden_run.cfg.success.threshold
+    assert f"published by run {run_id}: success.threshold {threshold:g} from run {run_id}" in out
+    assert f"model.path {golden_run.cfg.model.path} from run {run_id}" in out
+
+
+def test_cli_refuses_settings_it_cannot_apply(tmp_path, capsys):
+    # Pull copies what the run decided; a threshold given here would change nothing it copies.
+    assert main(["s3://bucket/so100/pick_cube", str(tmp_path / "x"), "success.threshold=-3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jobs.pull: success.threshold: only output.* keys apply")
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_says_when_no_run_record_names_the_publisher(s3, s3_options, tmp_path, capsys):
+    uri = _upload(s3, "pull-norecord/so100/pick_cube")
+    options = "{" + ", ".join(f"{k}: '{v}'" for k, v in s3_options.items()) + "}"
+    assert main([uri, str(tmp_path / "p"), f"output.storage_options={options}"]) == 0
+    assert f"published by: unknown (no run record for {uri})" in capsys.readouterr().out
+
+
+def test_readers_import_neither_ray_lerobot_pyav_nor_torch():
+    # jobs.pull runs where training runs, and the report's readers are imported by light tools: neither
+    # may pay for (or need) Ray, LeRobot, PyAV or torch.
+    code = (
+        "import sys, jobs.pull, pipeline.report.outputs, pipeline.report.config; "
+        "print(sorted(m for m in ('ray', 'lerobot', 'av', 'torch') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
