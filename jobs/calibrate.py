@@ -1,22 +1,39 @@
 """Calibrate ``success.threshold`` from a few labelled episodes.
 
-    python -m jobs.calibrate outputs/topreward/so100/pick_cube/episodes.parquet labels.csv
+    python -m jobs.calibrate outputs/topreward/so100/pick_cube/episodes.parquet labels.csv [key=value ...]
 
 The labels file maps episode_index to success (csv/parquet columns ``episode_index,success`` or JSON).
+Success scores are decided (:func:`pipeline.decision.decide`) from the table's raw log P per prefix with
+the ``success.window`` of the run that published it (its run record; ``success.window=...`` overrides).
 Prints ROC-AUC of the success score and the threshold maximising Youden's J, ready to pass as
-``success.threshold=<value>`` to jobs.relabel.
+``success.threshold=<value>`` to jobs.relabel, next to the threshold that run used. Storage options as
+for jobs.relabel (``output.storage_options``).
 """
 
 from __future__ import annotations
 
 import argparse
+import posixpath
 import sys
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from pipeline.calibration import calibrate, read_labels
-from pipeline.storage import filesystem_for
+from pipeline.calibration import Calibration, calibrate, read_labels
+from pipeline.config import ConfigError, load_config
+from pipeline.report.config import RunSettings, load_settings
+from pipeline.report.outputs import read_decided
+
+
+def _print(result: Calibration, pairs: int, settings: RunSettings) -> None:
+    print(f"labelled episodes: {pairs} ({result.positives} successes, {result.negatives} failures)")
+    print(f"success score: {settings.origin('success.window')}")
+    print(f"ROC-AUC: {result.auc:.3f}")
+    print(
+        f"threshold (max Youden J={result.youden_j:.3f}, TPR={result.true_positive_rate:.3f}, "
+        f"FPR={result.false_positive_rate:.3f}): {result.threshold:.4f}"
+    )
+    print(f"now: {settings.origin('success.threshold')}")
+    print(f"use: success.threshold={result.threshold:.4f}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,13 +43,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("episodes", help="episodes.parquet written by jobs.relabel (local path or URI)")
     parser.add_argument("labels", help="ground-truth labels: csv/parquet (episode_index,success) or json")
+    parser.add_argument("overrides", nargs="*", help="key=value (output.storage_options, success.window)")
     args = parser.parse_args(argv)
-
-    fs, path = filesystem_for(args.episodes)
-    with fs.open(path, "rb") as f:
-        episodes = pq.read_table(f, columns=["episode_index", "status", "success_score"]).to_pylist()
-    labels = read_labels(args.labels)
-    pairs = [(row["success_score"], labels[row["episode_index"]]) for row in episodes
+    try:
+        base = load_config(args.overrides)
+        options = base.output.storage_options
+        settings = load_settings(posixpath.dirname(args.episodes), args.overrides, base)
+        cfg = settings.cfg
+        rows = read_decided(args.episodes, options, cfg.success, cfg.curation).rows
+        labels = read_labels(args.labels, options)
+    except (ConfigError, FileNotFoundError) as err:
+        print(f"jobs.calibrate: {err}", file=sys.stderr)
+        return 2
+    pairs = [(row["success_score"], labels[row["episode_index"]]) for row in rows
              if row["status"] == "ok" and row["episode_index"] in labels]  # fmt: skip
     if not pairs:
         print("jobs.calibrate: no scored episode has a label", file=sys.stderr)
@@ -43,13 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"jobs.calibrate: {err}", file=sys.stderr)
         return 2
-    print(f"labelled episodes: {len(pairs)} ({result.positives} successes, {result.negatives} failures)")
-    print(f"ROC-AUC: {result.auc:.3f}")
-    print(
-        f"threshold (max Youden J={result.youden_j:.3f}, TPR={result.true_positive_rate:.3f}, "
-        f"FPR={result.false_positive_rate:.3f}): {result.threshold:.4f}"
-    )
-    print(f"use: success.threshold={result.threshold:.4f}")
+    _print(result, len(pairs), settings)
     return 0
 
 

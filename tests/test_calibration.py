@@ -1,4 +1,8 @@
-"""Threshold calibration: AUC and the Youden-optimal threshold, and the CLI on a real episodes table."""
+"""Threshold calibration: AUC and the Youden-optimal threshold, and the CLI on a real episodes table, with
+the success window of the run that published it."""
+
+import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -41,18 +45,52 @@ def test_label_formats(tmp_path):
         assert read_labels(str(tmp_path / name)) == {0: True, 1: False}
 
 
-def test_cli_prints_threshold(tmp_path, capsys):
-    episodes = pa.table(
-        {
-            "episode_index": [0, 1, 2, 3, 4],
-            "status": ["ok", "ok", "ok", "ok", "failed"],
-            "success_score": [-9.0, -1.0, -8.5, -2.0, float("nan")],
-        }
+def _table(folder: Path, raw: list[list[float] | None]) -> Path:
+    """An episodes table of raw log P per prefix (None: a failed episode)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    episodes = pa.Table.from_pylist(
+        [
+            {
+                "episode_index": index,
+                "status": "failed" if log_p is None else "ok",
+                "log_p_true": log_p,
+                "progress": None if log_p is None else [0.0] * (len(log_p) - 1) + [1.0],
+                "voc": None,
+                "success_score": -99.0,  # stored under other settings: never read
+            }
+            for index, log_p in enumerate(raw)
+        ]
     )
-    pq.write_table(episodes, tmp_path / "episodes.parquet")
+    pq.write_table(episodes, folder / "episodes.parquet")
+    return folder / "episodes.parquet"
+
+
+def test_cli_prints_threshold(tmp_path, capsys):
+    table = _table(tmp_path, [[-9.0] * 3, [-1.0] * 3, [-8.5] * 3, [-2.0] * 3, None])
     (tmp_path / "labels.csv").write_text("episode_index,success\n0,0\n1,1\n2,0\n3,1\n4,1\n")
-    assert main([str(tmp_path / "episodes.parquet"), str(tmp_path / "labels.csv")]) == 0
+    assert main([str(table), str(tmp_path / "labels.csv")]) == 0
     out = capsys.readouterr().out
     assert "ROC-AUC: 1.000" in out
     threshold = float(out.strip().splitlines()[-1].split("=")[1])
     assert -8.5 < threshold < -2.0
+    assert "success.window 3 from the defaults (no run record for" in out
+
+
+def test_cli_scores_with_the_window_of_the_run_that_published(tmp_path, capsys):
+    # The last prefix alone (window 1) separates at -5.25; the mean of the last three at -2.75.
+    dataset = tmp_path / "labels" / "so100" / "pick"
+    table = _table(dataset, [[-9.0] * 4, [-1.0] * 4, [-1.0, -1.0, -1.0, -8.5], [-2.0] * 4])
+    (dataset / "_published.json").write_text(json.dumps({"run_id": "r1"}))
+    (tmp_path / "labels" / "_runs").mkdir()
+    record = {"run_id": "r1", "config": {"success": {"window": 1, "threshold": -5.0}}}
+    (tmp_path / "labels" / "_runs" / "r1.json").write_text(json.dumps(record))
+    (tmp_path / "labels.csv").write_text("episode_index,success\n0,0\n1,1\n2,0\n3,1\n")
+    assert main([str(table), str(tmp_path / "labels.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "success score: success.window 1 from run r1" in out
+    assert "now: success.threshold -5 from run r1" in out
+    assert out.strip().endswith("use: success.threshold=-5.2500")
+    assert main([str(table), str(tmp_path / "labels.csv"), "success.window=3"]) == 0
+    out = capsys.readouterr().out
+    assert "success.window=3 given on the command line, overriding run r1's 1" in out
+    assert out.strip().endswith("use: success.threshold=-2.7500")
