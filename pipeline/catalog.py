@@ -54,10 +54,9 @@ from pipeline.reader import (
     MetadataError,
     SourceEpisode,
     dataset_id_for,
-    list_folder,
     read_dataset,
 )
-from pipeline.storage import filesystem_for, join_uri, normalize_uri
+from pipeline.storage import filesystem_for, join_uri, list_folder, normalize_uri
 
 __all__ = ["MAX_DISCOVERY_DEPTH", "EpisodeRecord", "dataset_id_for", "list_episodes"]
 

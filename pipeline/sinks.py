@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import posixpath
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -33,9 +34,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.atomic import TEMP_SUFFIX, parquet_bytes, write_bytes
-from pipeline.layout import STATE_DIR as STATE_DIR  # re-exported: tools and tests import it from here
 from pipeline.layout import OutputLayout
-from pipeline.storage import filesystem_for, join_uri, redact
+from pipeline.storage import filesystem_for, join_uri, list_folder, redact
 
 log = logging.getLogger(__name__)
 
@@ -251,16 +251,10 @@ def _state_files(folder_uri: str, storage_options: dict[str, Any]) -> tuple[Any,
     fs, folder = filesystem_for(folder_uri, storage_options)
     folder = folder.rstrip("/")
     fs.invalidate_cache(folder)
-    try:
-        entries = fs.ls(folder, detail=True)
-    except FileNotFoundError:
-        return fs, folder, []
     names = [
-        entry["name"].rstrip("/").rsplit("/", 1)[-1]
-        for entry in entries
-        if entry.get("type") == "file" and entry["name"].rstrip("/") != folder
+        posixpath.basename(entry["name"]) for entry in list_folder(fs, folder) if entry["type"] == "file"
     ]
-    return fs, folder, sorted(names)
+    return fs, folder, names
 
 
 def _read_markers(

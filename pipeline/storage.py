@@ -8,6 +8,7 @@ for text built from third-party exceptions.
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 import fsspec
 from fsspec import AbstractFileSystem
+
+log = logging.getLogger(__name__)
 
 # Option names whose values are secrets in s3fs/gcsfs/adlfs-style storage options.
 _SECRET_MARKERS = ("key", "secret", "token", "password", "credential", "session")
@@ -211,32 +214,72 @@ def with_storage_retries(cfg: Any) -> Any:
     return replace(cfg, source=source, output=output)
 
 
+def list_files(fs: AbstractFileSystem, folder: str, maxdepth: int | None = None) -> dict[str, dict[str, Any]]:
+    """Every file below ``folder``, by its path relative to ``folder``, with its listing entry.
+
+    One recursive listing (a single paged prefix listing on s3fs and gcsfs); ``folder`` is taken
+    literally. A missing folder lists as empty.
+
+    Args:
+        fs: The filesystem holding ``folder``.
+        folder: A path as ``fs`` understands it (no protocol).
+        maxdepth: Folder levels to descend (1: the folder's own files); ``None`` for all.
+
+    Returns:
+        ``{relative path: info}``, sorted by relative path.
+    """
+    base = folder.rstrip("/")
+    found = fs.find(base, maxdepth=maxdepth, withdirs=False, detail=True)
+    files = {}
+    for name, info in found.items():
+        name = name.rstrip("/")
+        # fs.find returns the path itself when it is a file, and never anything outside it.
+        if info.get("type", "file") == "file" and name.startswith(base + "/"):
+            files[name[len(base) + 1 :]] = info
+    return dict(sorted(files.items()))
+
+
+def list_folder(fs: AbstractFileSystem, folder: str) -> list[dict[str, Any]]:
+    """The entries (files and sub-folders) directly in ``folder``, taken literally; ``[]`` if absent.
+
+    Args:
+        fs: The filesystem holding ``folder``.
+        folder: A path as ``fs`` understands it (no protocol).
+
+    Returns:
+        Listing entries sorted by name, each with ``name`` (no trailing ``/``) and ``type``.
+    """
+    base = folder.rstrip("/")
+    try:
+        entries = fs.ls(base, detail=True)
+    except FileNotFoundError:
+        return []
+    inside = [
+        {**entry, "name": entry["name"].rstrip("/")}
+        for entry in entries
+        if posixpath.dirname(entry["name"].rstrip("/")) == base
+    ]
+    return sorted(inside, key=lambda entry: entry["name"])
+
+
 def read_json_files(folder_uri: str, suffix: str, storage_options: Mapping[str, Any]) -> list[Any]:
     """The parsed JSON files directly in a folder whose names end with ``suffix``, by name; ``[]`` if absent.
 
-    The folder is listed and names are compared in Python: a folder or file name holding ``[``, ``*`` or
-    ``?`` is never read as a glob pattern (which would read a neighbour's files). The listing cache is
-    dropped first: fsspec shares filesystem instances per process, and another run in the same process
-    may have listed this folder before.
+    The folder is listed literally (:func:`list_folder`): a folder or file name holding ``[``, ``*`` or
+    ``?`` is never read as a glob pattern. The listing cache is dropped first: fsspec shares filesystem
+    instances per process, and another run in the same process may have listed this folder before. A
+    file that is not JSON (cut short by a crash, a bad disk) is skipped with a warning naming it: one
+    broken record must not hide all the others.
     """
     fs, folder = filesystem_for(folder_uri, storage_options)
     folder = folder.rstrip("/")
     fs.invalidate_cache(folder)
-    if not fs.exists(folder):
-        return []
-    try:
-        entries = fs.ls(folder, detail=True)
-    except FileNotFoundError:
-        return []
-    paths = sorted(
-        entry["name"].rstrip("/")
-        for entry in entries
-        if entry["type"] == "file"
-        and posixpath.dirname(entry["name"].rstrip("/")) == folder
-        and posixpath.basename(entry["name"].rstrip("/")).endswith(suffix)
-    )
     found = []
-    for path in paths:
-        with fs.open(path, "r") as f:
-            found.append(json.load(f))
+    for entry in list_folder(fs, folder):
+        if entry["type"] != "file" or not posixpath.basename(entry["name"]).endswith(suffix):
+            continue
+        try:
+            found.append(json.loads(fs.cat_file(entry["name"])))
+        except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+            log.warning("skipping %s: not JSON (%s)", fs.unstrip_protocol(entry["name"]), err)
     return found

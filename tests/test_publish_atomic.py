@@ -16,9 +16,8 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from devkit import synth
 from devkit.fake_labels import commit_scores, job_for, lengths_of
 from pipeline.curated.pointer import resolve_curated
-from pipeline.layout import CURATED_DIR, POINTER_FILE, RECORD_FILE
+from pipeline.layout import CURATED_DIR, POINTER_FILE, RECORD_FILE, STATE_DIR
 from pipeline.publish import publish_dataset
-from pipeline.sinks import STATE_DIR
 from pipeline.storage import upload_dataset
 from tests.conftest import BUCKET, PROJECT_ROOT
 from tests.publish_support import KILLED, Files, config, wait_for

@@ -13,13 +13,11 @@ import pytest
 from devkit.synth import DEFAULT_CAMERAS, task_for_episode
 from pipeline.reader import (
     MetadataError,
-    list_files,
-    list_folder,
     object_identity,
     read_dataset,
 )
 from pipeline.reader.dataset import episodes_index_files
-from pipeline.storage import filesystem_for, read_json_files
+from pipeline.storage import filesystem_for, list_files, list_folder, read_json_files
 from tests.conftest import PROJECT_ROOT, SYNTH_FPS, SYNTH_LENGTHS
 
 FRONT, WRIST = DEFAULT_CAMERAS

@@ -18,7 +18,7 @@ import pyarrow as pa
 from lerobot.datasets.io_utils import write_table_one_row_group_per_episode
 from lerobot.datasets.utils import DatasetInfo, update_chunk_file_indices
 
-from pipeline.curated.source import VideoSpan
+from pipeline.reader import VideoSpan
 
 _MB = 1024**2
 

@@ -41,14 +41,12 @@ from pipeline.reader import (
     DatasetMeta,
     MetadataError,
     SourceEpisode,
-    VideoSpan,
     read_dataset,
 )
 from pipeline.reader.dataset import episodes_index_files
 from pipeline.storage import filesystem_for, join_uri
 
-# VideoSpan is the reader's; re-exported for the packers, which take one episode's span.
-__all__ = ["CurationError", "Source", "SourceEpisode", "VideoSpan", "row_stats"]
+__all__ = ["CurationError", "Source", "SourceEpisode", "row_stats"]
 
 Stats = dict[str, dict[str, np.ndarray]]
 

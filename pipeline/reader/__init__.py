@@ -22,7 +22,7 @@ from pipeline.reader.dataset import (
     dataset_id_for,
     read_dataset,
 )
-from pipeline.reader.listing import list_files, list_folder, object_identity
+from pipeline.reader.listing import object_identity
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -38,8 +38,6 @@ __all__ = [
     "SourceEpisode",
     "VideoSpan",
     "dataset_id_for",
-    "list_files",
-    "list_folder",
     "object_identity",
     "read_dataset",
 ]

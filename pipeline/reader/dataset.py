@@ -41,8 +41,8 @@ from typing import Any
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
-from pipeline.reader.listing import list_files, object_identity
-from pipeline.storage import filesystem_for, join_uri, normalize_uri, redact
+from pipeline.reader.listing import object_identity
+from pipeline.storage import filesystem_for, join_uri, list_files, normalize_uri, redact
 
 log = logging.getLogger(__name__)
 

@@ -1,16 +1,12 @@
-"""Literal listings of object storage, and the identity of each listed object.
+"""The identity of each listed object: what tells one stored version of a file from the next.
 
-Names that come from storage (dataset folders, files) are never handed to ``fs.glob``: a folder called
-``pick[1]`` or ``pick*`` is a pattern to glob and would read a neighbour's files. Everything here lists
-a folder (``fs.ls`` / ``fs.find``) and filters the names in Python.
+Listings themselves are literal (``pipeline.storage.list_files`` / ``list_folder``): names that come
+from storage are never handed to ``fs.glob``.
 """
 
 from __future__ import annotations
 
-import posixpath
 from typing import Any
-
-from fsspec import AbstractFileSystem
 
 # What identifies one stored version of an object, per backend, in order of preference. Each changes
 # when the object is rewritten with other bytes and is reported by the backend's listing itself:
@@ -38,51 +34,3 @@ def object_identity(info: dict[str, Any]) -> str:
             parts.append(f"{key}={value}")
             break
     return ";".join(parts)
-
-
-def list_files(fs: AbstractFileSystem, folder: str, maxdepth: int | None = None) -> dict[str, dict[str, Any]]:
-    """Every file below ``folder``, by its path relative to ``folder``, with its listing entry.
-
-    One recursive listing (a single paged prefix listing on s3fs and gcsfs); ``folder`` is taken
-    literally. A missing folder lists as empty.
-
-    Args:
-        fs: The filesystem holding ``folder``.
-        folder: A path as ``fs`` understands it (no protocol).
-        maxdepth: Folder levels to descend (1: the folder's own files); ``None`` for all.
-
-    Returns:
-        ``{relative path: info}``, sorted by relative path.
-    """
-    base = folder.rstrip("/")
-    found = fs.find(base, maxdepth=maxdepth, withdirs=False, detail=True)
-    files = {}
-    for name, info in found.items():
-        name = name.rstrip("/")
-        # fs.find returns the path itself when it is a file, and never anything outside it.
-        if info.get("type", "file") == "file" and name.startswith(base + "/"):
-            files[name[len(base) + 1 :]] = info
-    return dict(sorted(files.items()))
-
-
-def list_folder(fs: AbstractFileSystem, folder: str) -> list[dict[str, Any]]:
-    """The entries (files and sub-folders) directly in ``folder``, taken literally; ``[]`` if absent.
-
-    Args:
-        fs: The filesystem holding ``folder``.
-        folder: A path as ``fs`` understands it (no protocol).
-
-    Returns:
-        Listing entries sorted by name, each with ``name`` (no trailing ``/``) and ``type``.
-    """
-    base = folder.rstrip("/")
-    try:
-        entries = fs.ls(base, detail=True)
-    except FileNotFoundError:
-        return []
-    inside = [
-        {**entry, "name": entry["name"].rstrip("/")}
-        for entry in entries
-        if posixpath.dirname(entry["name"].rstrip("/")) == base
-    ]
-    return sorted(inside, key=lambda entry: entry["name"])

@@ -21,8 +21,7 @@ from pipeline.config import CurationConfig, SourceConfig, SuccessConfig
 from pipeline.curated.pointer import resolve_curated
 from pipeline.decision import decide
 from pipeline.layout import CURATED_DIR, DATASET_ID_PARTS, EPISODES_FILE
-from pipeline.reader.listing import list_folder
-from pipeline.storage import filesystem_for, join_uri, redact
+from pipeline.storage import filesystem_for, join_uri, list_folder, redact
 
 if TYPE_CHECKING:
     from pipeline.catalog import EpisodeRecord
