@@ -24,13 +24,14 @@ import json
 import posixpath
 import sys
 
+from pipeline.atomic import write_bytes
 from pipeline.calibration import read_labels
 from pipeline.config import ConfigError, device_class
 from pipeline.evaluation import EvaluateJob, evaluate, format_evaluation, json_safe
 from pipeline.layout import EPISODES_FILE, EVALUATION_FILE
 from pipeline.report.config import JobArgs, RunSettings, load_job_config
 from pipeline.report.outputs import read_episodes
-from pipeline.storage import filesystem_for, join_uri, redact
+from pipeline.storage import join_uri, redact
 
 
 class EvaluateRefused(Exception):
@@ -88,9 +89,8 @@ def _evaluate(args: argparse.Namespace, job_args: JobArgs[EvaluateJob]) -> int:
     print(format_evaluation(result), flush=True)
 
     out = ecfg.out or posixpath.join(posixpath.dirname(uri), EVALUATION_FILE)
-    fs, path = filesystem_for(out, options)
-    with fs.open(path, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+    # Replaced in one step, like every small file the pipeline writes: a reader never sees half of it.
+    write_bytes(json.dumps(result, indent=2).encode(), out, options)
     print(f"evaluation: {out}", flush=True)
     return 0
 

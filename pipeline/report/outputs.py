@@ -1,8 +1,7 @@
 """Reading what a relabel run published, and finding each episode's frames again in its source dataset.
 
 Datasets are found under ``output.uri`` by their ``episodes.parquet`` (``<robot>/<task>/episodes.parquet``;
-folders starting with ``_``, such as ``_state``, are bookkeeping). Columns are read by name so that
-tables with extra columns, or written by an older version without some, still load. Paths come from
+folders starting with ``_``, such as ``_state``, are bookkeeping). Paths come from
 :mod:`pipeline.layout`; this module imports neither Ray nor LeRobot nor PyAV (listing a source dataset
 again, :func:`list_source`, loads the catalog when it is called).
 """

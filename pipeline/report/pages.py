@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import html
 import math
-import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.atomic import write_bytes
 from pipeline.config import ConfigError, RelabelConfig
 from pipeline.frames.decode import decode_frames
 from pipeline.layout import EPISODES_FILE, OutputLayout
@@ -36,7 +36,7 @@ from pipeline.report.outputs import (
     read_decided,
 )
 from pipeline.report.plots import episode_figure, success_histogram, voc_histogram
-from pipeline.storage import filesystem_for, join_uri, redact
+from pipeline.storage import join_uri, redact
 
 INDEX_FILE = "index.html"
 
@@ -393,8 +393,6 @@ def write_report(args: JobArgs[ReportJob], progress: Callable[[str], None] | Non
 
 
 def _write_text(uri: str, text: str, storage_options: dict[str, Any]) -> str:
-    fs, path = filesystem_for(uri, storage_options)
-    fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    with fs.open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    # One step (temp + rename, or one PUT): a page opened while the report is rewritten is whole.
+    write_bytes(text.encode(), uri, storage_options)
     return uri
