@@ -25,9 +25,9 @@ from pipeline.preflight import check_run
 from pipeline.publish import PublishJob, PublishOutcome, publish_all
 from pipeline.runrecord import RunRecord
 from pipeline.sinks import (
-    CommittedEpisode,
+    State,
+    clean_state,
     committed_state,
-    remove_leftovers,
     state_uri,
     write_shards,
 )
@@ -177,9 +177,6 @@ def build_dataset(
     )
 
 
-State = dict[tuple[int, str], CommittedEpisode]
-
-
 def _plan(
     records: list[EpisodeRecord], cfg: RelabelConfig, chash: str, summaries: dict[str, DatasetSummary]
 ) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, State]]:
@@ -202,8 +199,7 @@ def _plan(
         roots.setdefault(record.dataset_id, record.root)
         if record.dataset_id not in states:
             folder = state_uri(cfg.output.uri, chash, record.dataset_id)
-            remove_leftovers(folder, cfg.output.storage_options)
-            states[record.dataset_id] = committed_state(folder, cfg.output.storage_options)
+            states[record.dataset_id] = clean_state(folder, cfg.output.storage_options)
         row = record.to_row()
         entry = states[record.dataset_id].get((record.episode_index, row["fingerprint"]))
         if entry is not None and entry.status == "ok":

@@ -284,23 +284,32 @@ def _read_markers(
     return sorted(markers, key=lambda marker: marker.committed_at), broken
 
 
-def _markers(folder_uri: str, storage_options: dict[str, Any]) -> list[_Marker]:
-    """Every marker in a state folder that parses, oldest commit first (see :func:`_read_markers`)."""
-    fs, folder, names = _state_files(folder_uri, storage_options)
-    return _read_markers(folder_uri, storage_options, fs, folder, names)[0]
+State = dict[tuple[int, str], CommittedEpisode]
 
 
-def committed_state(
-    folder_uri: str, storage_options: dict[str, Any]
-) -> dict[tuple[int, str], CommittedEpisode]:
+def committed_state(folder_uri: str, storage_options: dict[str, Any]) -> State:
     """What is committed per (episode, fingerprint), from the markers alone.
 
     An ``ok`` result wins over failures (the latest ``ok`` if several); otherwise the latest failure,
     with ``attempts`` the highest attempt number committed. A marker that does not parse is treated as
     absent, with a warning naming it: its episodes are scored again.
     """
-    state: dict[tuple[int, str], CommittedEpisode] = {}
-    for marker in _markers(folder_uri, storage_options):
+    fs, folder, names = _state_files(folder_uri, storage_options)
+    return _state_of(_read_markers(folder_uri, storage_options, fs, folder, names)[0])
+
+
+def clean_state(folder_uri: str, storage_options: dict[str, Any]) -> State:
+    """:func:`remove_leftovers` then :func:`committed_state`, from one listing and one read of each marker
+    (what a run's plan does per dataset before it writes anything)."""
+    fs, folder, names = _state_files(folder_uri, storage_options)
+    markers, broken = _read_markers(folder_uri, storage_options, fs, folder, names)
+    _remove_stale(folder_uri, fs, folder, names, set(broken))
+    return _state_of(markers)
+
+
+def _state_of(markers: list[_Marker]) -> State:
+    state: State = {}
+    for marker in markers:
         for entry in marker.entries:
             key = (entry.episode_index, entry.fingerprint)
             previous = state.get(key)
@@ -351,6 +360,11 @@ def remove_leftovers(folder_uri: str, storage_options: dict[str, Any]) -> int:
     """
     fs, folder, names = _state_files(folder_uri, storage_options)
     broken = set(_read_markers(folder_uri, storage_options, fs, folder, names)[1])
+    return _remove_stale(folder_uri, fs, folder, names, broken)
+
+
+def _remove_stale(folder_uri: str, fs: Any, folder: str, names: list[str], broken: set[str]) -> int:
+    """Removes temp files, the ``broken`` markers and shards without a marker that parses."""
     committed = {
         name[: -len(MARKER_SUFFIX)] for name in names if name.endswith(MARKER_SUFFIX) and name not in broken
     }

@@ -13,6 +13,7 @@ from pipeline.sinks import (
     MARKER_SUFFIX,
     SHARD_SCHEMA,
     batch_to_table,
+    clean_state,
     commit_shard,
     committed_state,
     read_rows,
@@ -101,6 +102,30 @@ def test_leftovers_of_a_killed_write_are_removed_and_never_read(tmp_path):
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith("ep-000000")) == []
     assert set(committed_state(str(folder), {})) == {(0, "fp")}
     assert remove_leftovers(str(tmp_path / "nothing"), {}) == 0
+
+
+def test_a_plan_cleans_and_reads_the_state_reading_each_marker_once(tmp_path, monkeypatch):
+    import fsspec.implementations.local as local
+
+    folder = tmp_path / "state"
+    for episode in (0, 1):
+        commit_shard(batch_to_table(_batch([episode], ["ok"]), "h"), str(folder), {})
+    pq.write_table(batch_to_table(_batch([2], ["ok"]), "h"), folder / "ep-000002-orphan.parquet")
+    (folder / ".ep-000003-x.123.tmp").write_bytes(b"partial")
+    reads = []
+    original = local.LocalFileSystem.cat_file
+    monkeypatch.setattr(
+        local.LocalFileSystem,
+        "cat_file",
+        lambda fs, path, *a, **k: reads.append(path) or original(fs, path, *a, **k),
+    )
+    state = clean_state(str(folder), {})
+    assert set(state) == {(0, "fp"), (1, "fp")}
+    assert sorted(os.path.basename(path) for path in reads) == sorted(
+        name for name in os.listdir(folder) if name.endswith(MARKER_SUFFIX)
+    )  # each marker once, no second pass for the leftovers
+    assert not any(name.endswith(".tmp") or "orphan" in name for name in os.listdir(folder))
+    assert committed_state(str(folder), {}) == state
 
 
 def test_a_marker_that_does_not_parse_counts_as_absent_and_is_removed(tmp_path, caplog):
