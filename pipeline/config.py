@@ -7,16 +7,21 @@ against these dataclasses, so a typo or a wrong type fails at start-up with the 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field, is_dataclass
+import types
+import typing
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -29,7 +34,16 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class SourceConfig:
-    """Where the LeRobot datasets are and which part of them to score."""
+    """Where the LeRobot datasets are and which part of them to score.
+
+    Attributes:
+        uris: Dataset roots, or prefixes holding many datasets (found by meta/info.json).
+        camera: Video feature to score; null = the dataset's first video feature.
+        episodes: Episode indices to score; null = every episode.
+        storage_options: fsspec options for the sources, e.g. {endpoint_url: http://127.0.0.1:9000};
+            secrets are never logged or recorded.
+        block_size: Bytes per ranged read when streaming video from object storage.
+    """
 
     uris: list[str] = field(default_factory=list)
     camera: str | None = None
@@ -40,7 +54,14 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class FramesConfig:
-    """How frames are sampled from an episode and the pinned size they are resized to."""
+    """How frames are sampled from an episode and the pinned size they are resized to.
+
+    Attributes:
+        fps: Sampling rate over the raw episode, in Hz (real timestamps kept).
+        max_frames: Even cap on sampled frames per episode; the rate drops for long episodes.
+        height: Pinned frame height, a multiple of the model's patch*merge (32 for Qwen3-VL).
+        width: Pinned frame width, a multiple of the model's patch*merge (32 for Qwen3-VL).
+    """
 
     fps: float = 2.0
     max_frames: int = 64
@@ -50,14 +71,26 @@ class FramesConfig:
 
 @dataclass(frozen=True)
 class PrefixesConfig:
-    """How many prefixes of the sampled video are scored."""
+    """How many prefixes of the sampled video are scored.
+
+    Attributes:
+        num: K prefixes on 2-frame block boundaries; the last is the whole episode.
+    """
 
     num: int = 15
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Which VLM scores the prefixes and how it is loaded."""
+    """Which VLM scores the prefixes and how it is loaded.
+
+    Attributes:
+        path: Hub id or local folder of the VLM (safetensors weights only).
+        revision: Hub branch, tag or commit; null = the default branch.
+        dtype: auto|float32|bfloat16|float16; auto = bfloat16 on CUDA, float32 on CPU.
+        device: auto = cuda if available, else cpu; or cpu, cuda, cuda:N.
+        attn_implementation: Attention kernel the model is loaded with (sdpa, eager, ...).
+    """
 
     path: str = "Qwen/Qwen3-VL-8B-Instruct"
     revision: str | None = None
@@ -68,7 +101,17 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ScoringConfig:
-    """The TOPReward prompt and how the prefixes are batched."""
+    """The TOPReward prompt and how the prefixes are batched.
+
+    Attributes:
+        prompt_prefix: Text after the video, before the instruction.
+        prompt_suffix: Text after the instruction ({instruction} is replaced); ends with the answer.
+        chat_template_question: The question asked instead of prompt_suffix when chat_template is true.
+        answer: The answer token whose log probability is scored.
+        false_answer: The companion answer token, whose log probability is recorded too.
+        chat_template: Score through the model's chat template; false is the paper's setting.
+        suffix_chunk: Prefixes scored per batched suffix pass (bounds memory for large K).
+    """
 
     prompt_prefix: str = (
         "The above video shows a robot manipulation trajectory that completes the following task: "
@@ -87,7 +130,12 @@ class ScoringConfig:
 
 @dataclass(frozen=True)
 class SuccessConfig:
-    """Success label: mean raw log P("True") over the last ``window`` prefixes above ``threshold``."""
+    """Success label: mean raw log P("True") over the last ``window`` prefixes above ``threshold``.
+
+    Attributes:
+        window: Prefixes, counted from the end, whose raw log P("True") is averaged.
+        threshold: Success when that mean is above this; calibrate with python -m jobs.calibrate.
+    """
 
     window: int = 3
     threshold: float = -2.0
@@ -95,7 +143,14 @@ class SuccessConfig:
 
 @dataclass(frozen=True)
 class CurationConfig:
-    """Which scored episodes go into the curated BC dataset."""
+    """Which scored episodes go into the curated BC dataset.
+
+    Attributes:
+        enabled: Write the curated dataset; false selects no episode.
+        require_success: Select only successful episodes.
+        min_voc: Select only episodes whose VOC is at least this (e.g. 0.8: progress rises steadily).
+        min_final_progress: Select only episodes whose last prefix's progress is at least this.
+    """
 
     enabled: bool = True
     require_success: bool = True
@@ -105,7 +160,12 @@ class CurationConfig:
 
 @dataclass(frozen=True)
 class OutputConfig:
-    """Where results are written."""
+    """Where results are written.
+
+    Attributes:
+        uri: Output folder or prefix (local path, s3://, gs://); never inside a source.
+        storage_options: fsspec options for the outputs, as for source.storage_options.
+    """
 
     uri: str = "outputs/topreward"
     storage_options: dict[str, Any] = field(default_factory=dict)
@@ -113,13 +173,32 @@ class OutputConfig:
 
 @dataclass(frozen=True)
 class RayConfig:
-    """How the Ray Data graph is placed on the cluster."""
+    """How the Ray Data graph is placed on the cluster.
+
+    Attributes:
+        address: Ray cluster to join; null = RAY_ADDRESS if set (ray job submit), else a local Ray.
+        num_cpus: CPUs of a local Ray; null = all of the machine's.
+        object_store_memory: Bytes of a local Ray's object store; null = Ray's default.
+        temp_dir: Temp folder of a local Ray; null = Ray's default.
+        scorer_actors: auto = pool from scorer_actors_min to what the GPUs (and scorer_resources) hold,
+            1 on a CPU-only cluster; or a fixed number.
+        scorer_actors_min: Smallest size of the auto pool.
+        scorer_actors_max: Cap for auto; set it on autoscaling clusters whose GPUs appear later.
+        scorer_num_gpus: auto = 1 per actor if the cluster has GPUs, else 0; 0.5 = two actors per GPU.
+        scorer_num_cpus: CPUs per scorer actor; fractional so decode tasks still get a CPU.
+        scorer_resources: Custom resources each scorer needs, e.g. {scorer_node: 1}: pins the pool.
+        scorer_max_tasks_in_flight: Batches queued per actor: the next episode waits there decoded.
+        scorer_batch_size: Episodes per scorer call (4 measured faster than 1).
+        scorer_threads: torch CPU threads per scorer on CPU; null = all cores of the node.
+        decode_num_cpus: CPUs per decode task.
+        decode_concurrency: Cap on decode tasks running at once; null = Ray Data decides.
+    """
 
     address: str | None = None
     num_cpus: int | None = None
     object_store_memory: int | None = None
     temp_dir: str | None = None
-    # "auto" or a number; see pipeline/placement.py. int | float | str so that `=1` and `=0.5` both parse.
+    # "auto" or a number (pipeline/placement.py); int | float | str so that `=1` and `=0.5` both parse.
     scorer_actors: int | str = "auto"
     scorer_actors_min: int = 1
     scorer_actors_max: int | None = None
@@ -127,7 +206,7 @@ class RayConfig:
     scorer_num_cpus: float = 0.5
     scorer_resources: dict[str, float] = field(default_factory=dict)
     scorer_max_tasks_in_flight: int = 2
-    # Episodes per scorer call; 4 measured faster than 1 (README, Running on GPUs).
+    # 4 measured faster than 1 (README, Running on GPUs).
     scorer_batch_size: int = 4
     scorer_threads: int | None = None
     decode_num_cpus: float = 0.5
@@ -136,7 +215,12 @@ class RayConfig:
 
 @dataclass(frozen=True)
 class RetryConfig:
-    """How failures are retried: episodes across runs, storage requests within one."""
+    """How failures are retried: episodes across runs, storage requests within one.
+
+    Attributes:
+        max_attempts: A failed episode is retried on later runs until it has failed this often.
+        storage_attempts: Attempts per storage request (transient 5xx, throttling, resets).
+    """
 
     max_attempts: int = 3
     storage_attempts: int = 8
@@ -144,7 +228,12 @@ class RetryConfig:
 
 @dataclass(frozen=True)
 class JobConfig:
-    """How the job reports: log level, and whether recorded failures make the exit status non-zero."""
+    """How the job reports: log level, and whether recorded failures make the exit status non-zero.
+
+    Attributes:
+        log_level: DEBUG|INFO|WARNING|ERROR for the pipeline's own log lines.
+        fail_on_errors: true: exit 3 when any episode or dataset failed (for alerting).
+    """
 
     log_level: str = "INFO"
     fail_on_errors: bool = False
@@ -152,7 +241,14 @@ class JobConfig:
 
 @dataclass(frozen=True)
 class PublishConfig:
-    """How the per-dataset publish tasks run on the cluster (one Ray task per changed dataset)."""
+    """How the per-dataset publish tasks run on the cluster (one Ray task per changed dataset).
+
+    Attributes:
+        num_cpus: CPUs per dataset's publish task (stream copy and parquet writes).
+        max_parallel: Datasets published at once; 0 = as many as the cluster fits.
+        temp_dir: Worker-local folder for files being written; null = the system's.
+        keep_superseded_s: Seconds a superseded curated version stays for readers still using it.
+    """
 
     num_cpus: float = 1.0
     max_parallel: int = 0
@@ -164,7 +260,22 @@ class PublishConfig:
 
 @dataclass(frozen=True)
 class RelabelConfig:
-    """The whole run."""
+    """The whole run: one section per concern.
+
+    Attributes:
+        source: Where the LeRobot datasets are and which part of them to score.
+        frames: How frames are sampled and the size they are resized to.
+        prefixes: How many prefixes of the sampled video are scored.
+        model: Which VLM scores the prefixes and how it is loaded.
+        scoring: The TOPReward prompt and how the prefixes are batched.
+        success: How the success label is decided.
+        curation: Which scored episodes go into the curated dataset.
+        output: Where results are written.
+        ray: How the Ray Data graph is placed on the cluster.
+        retry: How failures are retried.
+        job: Log level and exit status.
+        publish: How the per-dataset publish tasks run.
+    """
 
     source: SourceConfig = field(default_factory=SourceConfig)
     frames: FramesConfig = field(default_factory=FramesConfig)
@@ -289,7 +400,7 @@ def load_config(overrides: list[str] | None = None, yaml_path: str | Path | None
         if not path.exists():
             raise ConfigError(f"config error: no such file {path}")
         files = [OmegaConf.load(path)]
-    cfg = structured_config(RelabelConfig, *files, OmegaConf.from_dotlist(list(overrides or [])))
+    cfg = structured_config(RelabelConfig, *files, dotlist(overrides or []))
     _validate(cfg)
     return cfg
 
@@ -298,18 +409,224 @@ def structured_config[T](schema: type[T], *sources: Any) -> T:
     """``schema`` filled from OmegaConf sources (YAML nodes, dotlists), checked against its types.
 
     Raises:
-        ConfigError: one line naming the key that is unknown or has a value of the wrong type.
+        ConfigError: one line naming the key that is unknown or has a value of the wrong type, with a
+            hint: the closest known key, or the value as the key's type wants it written.
     """
     try:
         return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), *sources))
+    except ConfigKeyError as err:
+        key = _typed_key(err.full_key, sources) if err.full_key else None
+        if key is None:
+            raise ConfigError(f"config error: {_reason(err)}") from None
+        raise ConfigError(f"config error at '{key}': {_unknown_key_hint(schema, key)}") from None
     except OmegaConfBaseException as err:
         key = getattr(err, "full_key", None)
-        reason = str(err).splitlines()[0]
-        raise ConfigError(
-            f"config error at '{key}': {reason}" if key else f"config error: {reason}"
-        ) from None
-    except ValueError as err:
-        raise ConfigError(f"config error: {err}") from None
+        if not key:
+            raise ConfigError(_shape_error(schema, sources) or f"config error: {_reason(err)}") from None
+        hint = _type_hint(schema, key, getattr(err, "value", None))
+        raise ConfigError(f"config error at '{key}': {hint or _reason(err)}") from None
+    except (ValueError, TypeError) as err:
+        raise ConfigError(_shape_error(schema, sources) or f"config error: {err}") from None
+
+
+def _shape_error(schema: type, sources: Sequence[Any]) -> str | None:
+    """The message for a section given a value (``frames=3``) or a value given a key (``source.uris.x``)."""
+    for source in sources:
+        if not isinstance(source, DictConfig):
+            continue
+        for key, value in _leaves(OmegaConf.to_container(source, resolve=False)):
+            kind = setting_type(schema, key)
+            if is_dataclass(kind) and not isinstance(value, dict):
+                example = setting_keys(kind)[0]
+                return f"config error at '{key}': a section, not a value: give {key}.{example}=..."
+            parts = key.split(".")
+            for end in range(1, len(parts)):
+                kind = setting_type(schema, ".".join(parts[:end]))
+                if kind is not None and not is_dataclass(kind) and typing.get_origin(kind) is not dict:
+                    setting = ".".join(parts[:end])
+                    return f"config error at '{key}': {setting} is a setting, not a section"
+    return None
+
+
+def setting_keys(schema: type) -> list[str]:
+    """Every setting of a config dataclass as a dotted key, in declaration order (``frames.fps``)."""
+    keys = []
+    hints = typing.get_type_hints(schema)
+    for item in fields(schema):
+        kind = hints[item.name]
+        if is_dataclass(kind):
+            keys.extend(f"{item.name}.{key}" for key in setting_keys(kind))
+        else:
+            keys.append(item.name)
+    return keys
+
+
+def setting_default(schema: type, key: str) -> Any:
+    """The default of a dotted setting key, from the dataclass defaults."""
+    node: Any = schema()
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def setting_type(schema: type, key: str) -> Any:
+    """The type annotation of a dotted setting key (``list[str]``); None for a key ``schema`` lacks."""
+    kind: Any = schema
+    for part in key.split("."):
+        if not is_dataclass(kind):
+            return None
+        hints = typing.get_type_hints(kind)
+        if part not in hints:
+            return None
+        kind = hints[part]
+    return kind
+
+
+def _reason(err: Exception) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
+def _leaves(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` of every value in a nested mapping; a list or ``{}`` is one value."""
+    if isinstance(node, dict) and node:
+        for name, value in node.items():
+            yield from _leaves(value, f"{prefix}{name}.")
+    elif prefix:
+        yield prefix.rstrip("."), node
+
+
+def _typed_key(full_key: str, sources: Sequence[Any]) -> str:
+    """The key as given that failed at ``full_key`` (``sucess.threshold`` for ``sucess``)."""
+    for source in sources:
+        if isinstance(source, DictConfig):
+            container = OmegaConf.to_container(source, resolve=False)
+            for key, _ in _leaves(container):
+                if key == full_key or key.startswith(f"{full_key}."):
+                    return key
+    return full_key
+
+
+def _unknown_key_hint(schema: type, key: str) -> str:
+    """``unknown key``, with the closest known one (difflib) when there is one."""
+    known = setting_keys(schema)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if not close:  # a typo in the section alone: sucess.threshold
+        section, _, rest = key.partition(".")
+        sections = {k.split(".", 1)[0] for k in known if "." in k}
+        near = difflib.get_close_matches(section, sorted(sections), n=1, cutoff=0.6)
+        close = [f"{near[0]}.{rest}"] if near and rest and f"{near[0]}.{rest}" in known else []
+    if close:
+        return f"unknown key; did you mean {close[0]}?"
+    return "unknown key (--help lists the settings)"
+
+
+def _example(key: str, kind: Any, value: Any, default: Any) -> str | None:
+    """How a value of ``kind`` for ``key`` is written on the command line, from what was given."""
+    nullable = type(None) in typing.get_args(kind) if isinstance(kind, types.UnionType) else False
+    options = [k for k in typing.get_args(kind) if k is not type(None)] if nullable else [kind]
+    if len(options) != 1:
+        return None
+    origin = typing.get_origin(options[0]) or options[0]
+    given = "" if value is None else str(value)
+    if origin in (list, tuple):
+        items = given.strip("[]()") or "..."
+        return f"wants a list: {key}='[{items}]'"
+    if origin is dict:
+        example = "endpoint_url: http://..." if key.endswith("storage_options") else "name: value"
+        return f"wants a mapping: {key}='{{{example}}}'"
+    or_null = " or null" if nullable else ""
+    if origin is bool:
+        return f"wants true or false{or_null}, got {given!r}: {key}=true"
+    if origin in (int, float):
+        what = "a whole number" if origin is int else "a number"
+        example = default if isinstance(default, int | float) and not isinstance(default, bool) else 1
+        return f"wants {what}{or_null}, got {given!r}: {key}={example}"
+    return None
+
+
+def _type_hint(schema: type, key: str, value: Any) -> str | None:
+    """A hint for a value of the wrong type at ``key``, or None when there is nothing to add."""
+    if hasattr(value, "_value"):  # an OmegaConf node
+        value = value._value()
+    kind = setting_type(schema, key)
+    return None if kind is None else _example(key, kind, value, setting_default(schema, key))
+
+
+def dotlist(overrides: Sequence[str]) -> DictConfig:
+    """``key=value`` entries as one OmegaConf node, later entries winning.
+
+    Raises:
+        ConfigError: an entry that is not ``key=value``, or whose value is not YAML (names the key).
+    """
+    node = OmegaConf.create()
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"config error: {item!r} is not key=value (e.g. frames.fps=4)")
+        try:
+            node.merge_with_dotlist([item])
+        except yaml.YAMLError as err:
+            raise ConfigError(
+                f"config error at '{key}': {value!r} is not a YAML value ({_reason(err)}); write a list "
+                "as '[a, b]' and a mapping as '{name: value}', quoted for the shell"
+            ) from None
+        except (OmegaConfBaseException, ValueError, TypeError) as err:
+            raise ConfigError(f"config error at '{key}': {_reason(err)}") from None
+    return node
+
+
+def _flow(value: Any) -> str:
+    """``value`` as YAML flow text that a ``key=value`` entry reads back as the same value."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return ".nan" if math.isnan(value) else (".inf" if value > 0 else "-.inf")
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))}: {_flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_flow(v) for v in value) + "]"
+    return json.dumps(str(value))
+
+
+def read_config_file(path: str) -> list[str]:
+    """A YAML file of settings (``--config``) as ``key=value`` entries, to go before the command line's.
+
+    Sections merge key by key, as OmegaConf merges YAML: ``frames: {fps: 4}`` sets ``frames.fps`` only;
+    a list or an empty mapping is one value. The entries then merge like any given on the command line.
+
+    Args:
+        path: a local path or a URI (``s3://``, ``gs://``: credentials from the environment).
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not YAML or not a mapping of settings.
+    """
+    text = _read_text(path)
+    try:
+        node = OmegaConf.create(text) if text.strip() else OmegaConf.create()
+    except (yaml.YAMLError, OmegaConfBaseException) as err:
+        raise ConfigError(f"config error: {path} is not YAML: {_reason(err)}") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"config error: {path} is not a mapping of settings (frames: {{fps: 4}})")
+    container = OmegaConf.to_container(node, resolve=False)
+    return [f"{key}={_flow(value)}" for key, value in _leaves(container)]
+
+
+def _read_text(path: str) -> str:
+    """The text of a local file or a URI (fsspec, credentials from the environment)."""
+    try:
+        if "://" in path and not path.startswith("file://"):
+            from pipeline.storage import filesystem_for  # fsspec: only for a config file in storage
+
+            fs, remote = filesystem_for(path, {})
+            with fs.open(remote, "r") as f:
+                return f.read()
+        return Path(path.removeprefix("file://")).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config error: no such file {path}") from None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"config error: cannot read {path}: {_reason(err)}") from None
 
 
 def device_class(device: str) -> str:
@@ -398,6 +715,6 @@ def config_with_recorded(recorded: dict[str, Any], overrides: list[str]) -> tupl
         ConfigError: an unknown override key, a wrong type, or an out-of-range value (recorded or given).
     """
     known = _known(dict(recorded), RelabelConfig())
-    cfg = structured_config(RelabelConfig, OmegaConf.create(known), OmegaConf.from_dotlist(list(overrides)))
+    cfg = structured_config(RelabelConfig, OmegaConf.create(known), dotlist(overrides))
     _validate(cfg)
     return cfg, override_keys(overrides)

@@ -10,6 +10,7 @@ from pipeline.config import (
     config_hash,
     config_with_recorded,
     load_config,
+    read_config_file,
     resolved_dtype,
 )
 
@@ -154,3 +155,82 @@ def test_recorded_keys_this_version_lacks_are_ignored_and_bad_values_refused():
         config_with_recorded(recorded, [])
     with pytest.raises(ConfigError, match="nosuch"):
         config_with_recorded({}, ["nosuch.key=1"])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("source.uris=s3://x", "config error at 'source.uris': wants a list: source.uris='[s3://x]'"),
+        ("source.episodes=3", "config error at 'source.episodes': wants a list: source.episodes='[3]'"),
+        (
+            "source.storage_options=http://minio:9000",
+            "config error at 'source.storage_options': wants a mapping: "
+            "source.storage_options='{endpoint_url: http://...}'",
+        ),
+        (
+            "curation.enabled=maybe",
+            "config error at 'curation.enabled': wants true or false, got 'maybe': curation.enabled=true",
+        ),
+        ("frames.fps=fast", "config error at 'frames.fps': wants a number, got 'fast': frames.fps=2.0"),
+        ("frames.max_frames=1.5", "wants a whole number, got '1.5': frames.max_frames=64"),
+        ("curation.min_voc=high", "wants a number or null, got 'high'"),
+        ("frames.fpz=1", "config error at 'frames.fpz': unknown key; did you mean frames.fps?"),
+        (
+            "sucess.threshold=-3",
+            "config error at 'sucess.threshold': unknown key; did you mean success.threshold?",
+        ),
+        ("ray.scorer_actor=2", "did you mean ray.scorer_actors?"),
+        ("nosuch.key=1", "config error at 'nosuch.key': unknown key (--help lists the settings)"),
+        ("frames=3", "config error at 'frames': a section, not a value: give frames.fps=..."),
+        ("source.uris.x=1", "config error at 'source.uris.x': source.uris is a setting, not a section"),
+        ("source.uris=[a, b]x", "config error at 'source.uris': '[a, b]x' is not a YAML value"),
+        ("frames.fps", "config error: 'frames.fps' is not key=value"),
+    ],
+)
+def test_type_errors_and_unknown_keys_give_a_hint(override, message):
+    with pytest.raises(ConfigError) as info:
+        load_config([override])
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_config_file_entries_merge_between_the_yaml_and_the_command_line(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text(
+        "frames: {fps: 4, max_frames: 32}\n"
+        "source:\n  uris: [s3://fleet/a, 's3://fleet/b c']\n"
+        "  storage_options: {endpoint_url: 'http://minio:9000', client_kwargs: {region_name: eu}}\n"
+        "curation.min_voc: 0.5\n"  # a dotted key reads as its nested form
+        "scoring: {prompt_prefix: \"two\\nlines: 'quoted'\"}\n"
+    )
+    entries = read_config_file(str(path))
+    cfg = load_config([*entries, "frames.fps=8"])
+    assert cfg.frames.fps == 8.0 and cfg.frames.max_frames == 32  # the command line wins, key by key
+    assert cfg.prefixes.num == 15  # conf/relabel.yaml and the defaults stay under the file
+    assert cfg.source.uris == ["s3://fleet/a", "s3://fleet/b c"]
+    assert cfg.source.storage_options == {
+        "endpoint_url": "http://minio:9000",
+        "client_kwargs": {"region_name": "eu"},
+    }
+    assert cfg.curation.min_voc == 0.5 and cfg.scoring.prompt_prefix == "two\nlines: 'quoted'"
+    assert read_config_file(f"file://{path}") == entries
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [(None, "no such file"), ("[1, 2]\n", "not a mapping of settings"), ("a: [\n", "is not YAML")],
+)
+def test_bad_config_files_are_one_line(tmp_path, text, needle):
+    path = tmp_path / "bad.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ConfigError, match=needle) as info:
+        read_config_file(str(path))
+    assert "\n" not in str(info.value)
+
+
+def test_a_mistyped_config_file_key_is_named(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("frames:\n  fsp: 4\n")
+    with pytest.raises(ConfigError, match=r"'frames\.fsp': unknown key; did you mean frames\.fps\?"):
+        load_config(read_config_file(str(path)))
