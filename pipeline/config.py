@@ -354,6 +354,44 @@ def _validate(cfg: RelabelConfig) -> None:
         ("ray.scorer_resources", all(v > 0 for v in cfg.ray.scorer_resources.values()), "must be > 0 each"),
         ("ray.scorer_max_tasks_in_flight", cfg.ray.scorer_max_tasks_in_flight >= 1, "must be >= 1"),
         ("ray.scorer_batch_size", cfg.ray.scorer_batch_size >= 1, "must be >= 1"),
+        # What Ray itself refuses (ray.init, task and actor options), refused here before Ray starts.
+        (
+            "ray.num_cpus",
+            cfg.ray.num_cpus is None or cfg.ray.num_cpus >= 1,
+            "must be null (all cores) or >= 1",
+        ),
+        (
+            "ray.object_store_memory",
+            cfg.ray.object_store_memory is None or cfg.ray.object_store_memory >= 75 * 1024**2,
+            "must be null (Ray's default) or >= 78643200 bytes (75 MiB, Ray's minimum)",
+        ),
+        (
+            "ray.scorer_num_cpus",
+            cfg.ray.scorer_num_cpus == 0 or cfg.ray.scorer_num_cpus >= 1e-4,
+            "must be >= 0 (Ray counts CPUs in steps of 0.0001)",
+        ),
+        (
+            "ray.decode_num_cpus",
+            cfg.ray.decode_num_cpus == 0 or cfg.ray.decode_num_cpus >= 1e-4,
+            "must be >= 0 (Ray counts CPUs in steps of 0.0001)",
+        ),
+        (
+            "ray.scorer_num_gpus",
+            isinstance(cfg.ray.scorer_num_gpus, str)
+            or cfg.ray.scorer_num_gpus <= 1
+            or float(cfg.ray.scorer_num_gpus).is_integer(),
+            "must be a whole number above 1 (Ray shares a GPU only below 1)",
+        ),
+        (
+            "ray.scorer_threads",
+            cfg.ray.scorer_threads is None or cfg.ray.scorer_threads >= 1,
+            "must be null or >= 1",
+        ),
+        (
+            "ray.decode_concurrency",
+            cfg.ray.decode_concurrency is None or cfg.ray.decode_concurrency >= 1,
+            "must be null (as many as fit) or >= 1",
+        ),
         (
             "model.dtype",
             cfg.model.dtype in ("auto", "float32", "bfloat16", "float16"),
@@ -367,7 +405,11 @@ def _validate(cfg: RelabelConfig) -> None:
             "must be DEBUG|INFO|WARNING|ERROR",
         ),
         ("source.block_size", cfg.source.block_size >= 4096, "must be >= 4096 bytes"),
-        ("publish.num_cpus", cfg.publish.num_cpus > 0, "must be > 0"),
+        (
+            "publish.num_cpus",
+            cfg.publish.num_cpus >= 1e-4,
+            "must be > 0 (Ray counts CPUs in steps of 0.0001)",
+        ),
         ("publish.max_parallel", cfg.publish.max_parallel >= 0, "must be >= 0 (0 = as many as fit)"),
         ("publish.keep_superseded_s", cfg.publish.keep_superseded_s >= 0, "must be >= 0 (0 = next publish)"),
     ]

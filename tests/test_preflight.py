@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from jobs.relabel import main as relabel_main
 from pipeline.catalog import dataset_id_for
 from pipeline.config import ConfigError, load_config
 from pipeline.preflight import check_run
@@ -123,6 +126,97 @@ def test_numbers_and_frame_sizes_are_refused_with_their_key(tiny_model_dir):
     ]:
         with pytest.raises(ConfigError, match=re.escape(f"'{key}'")):
             config(override)
+
+
+@pytest.fixture
+def relabel_job(monkeypatch):
+    """``jobs.relabel``'s main, with the handler it gives the pipeline's logger removed afterwards (it
+    writes to this test's captured stderr)."""
+    logger = logging.getLogger("pipeline")
+    for name in ("handlers", "propagate", "level"):
+        value = getattr(logger, name)
+        monkeypatch.setattr(logger, name, list(value) if name == "handlers" else value)
+    return relabel_main
+
+
+def _model_copy(tiny_model_dir, folder: Path) -> Path:
+    shutil.copytree(tiny_model_dir, folder)
+    return folder
+
+
+def test_truncated_or_corrupt_weights_are_refused_naming_the_file(
+    tmp_path, tiny_model_dir, relabel_job, capsys
+):
+    model = _model_copy(tiny_model_dir, tmp_path / "model")
+    weights = model / "model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) // 2])  # a download cut short
+    message = _refused(relabel_config("s3://fleet/a", "s3://labels/x", model, {}), "model.path")
+    assert f"{weights}: truncated: {len(whole) // 2} bytes" in message and "\n" not in message
+    # What a scheduler sees: one line, exit 2, before Ray (the run used to die in an actor 87 s later).
+    argv = ["source.uris=[s3://fleet/a]", "output.uri=s3://labels/x", f"model.path={model}"]
+    assert relabel_job([*argv, "frames.height=64", "frames.width=64"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'model.path'" in err and "model.safetensors: truncated" in err
+    weights.write_bytes(b"\xff" * 8 + whole[8:])  # a header length no file can hold
+    assert "does not fit the file" in _refused(
+        relabel_config("s3://f/a", "s3://l/x", model, {}), "model.path"
+    )
+    weights.write_bytes(whole)
+    # A sharded checkpoint: the index names a shard that is not there.
+    (model / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"a": "model.safetensors", "b": "model-00002-of-00002.safetensors"}})
+    )
+    message = _refused(relabel_config("s3://fleet/a", "s3://labels/x", model, {}), "model.path")
+    assert "model-00002-of-00002.safetensors" in message and "not there" in message
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("ray.num_cpus=-1", "ray.num_cpus"),
+        ("ray.num_cpus=0", "ray.num_cpus"),
+        ("ray.object_store_memory=1000", "ray.object_store_memory"),
+        ("ray.scorer_num_cpus=-0.5", "ray.scorer_num_cpus"),
+        ("ray.decode_num_cpus=-1", "ray.decode_num_cpus"),
+        ("ray.scorer_num_gpus=1.5", "ray.scorer_num_gpus"),
+        ("ray.decode_concurrency=-2", "ray.decode_concurrency"),
+        ("publish.num_cpus=0", "publish.num_cpus"),
+    ],
+)
+def test_ray_resources_ray_refuses_are_refused_in_the_config(override, key, relabel_job, capsys):
+    with pytest.raises(ConfigError, match=re.escape(f"config error at '{key}'")):
+        load_config([override])
+    # Was a ValueError from ray.init after the run record was written: exit 1 and a traceback.
+    assert relabel_job(["source.uris=[s3://fleet/a]", "output.uri=s3://labels/x", override]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"jobs.relabel: config error at '{key}'")
+
+
+def test_joining_a_cluster_with_driver_only_credentials_warns(tiny_model_dir, monkeypatch, caplog):
+    cfg = relabel_config("s3://fleet/a", "s3://labels/x", tiny_model_dir, {})
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIA-driver-only")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "driver-secret")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    with caplog.at_level(logging.WARNING, logger="pipeline.preflight"):
+        check_run(cfg)  # a local Ray: its workers inherit the driver's environment
+        assert not caplog.records
+        monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # what ray job submit sets for the driver
+        check_run(cfg)
+    (record,) = caplog.records
+    text = record.getMessage()
+    assert record.levelno == logging.WARNING and "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY" in text
+    assert '--runtime-env-json=\'{"env_vars": {"AWS_ACCESS_KEY_ID": "..."' in text
+    assert "AKIA-driver-only" not in text and "driver-secret" not in text
+    caplog.clear()
+    # Shipped to the workers in the job's runtime env, or given in the storage options: nothing to say.
+    runtime_env = {"env_vars": {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps({"runtime_env": runtime_env}))
+    check_run(cfg)
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    check_run(relabel_config("s3://fleet/a", "s3://labels/x", tiny_model_dir, {"key": "k", "secret": "s"}))
+    assert not caplog.records
 
 
 def test_refused_runs_never_start_ray_or_write(tmp_path, tiny_model_dir):
