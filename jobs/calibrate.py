@@ -2,12 +2,15 @@
 
     python -m jobs.calibrate outputs/topreward/so100/pick_cube/episodes.parquet labels.csv [key=value ...]
 
-The labels file maps episode_index to success (csv/parquet columns ``episode_index,success`` or JSON).
+The labels file maps episode_index to success (csv/parquet columns ``episode_index,success`` or JSON);
+a label is 1/0, true/false, yes/no, y/n or 1.0/0.0 in any case. Labelled episodes the table does not
+hold, or holds as failed, are named and left out. Exit 2 with one line when the table or the labels file
+is missing or unreadable (naming the file, and for a bad label its line and value) or nothing is left to
+calibrate. Table and labels are read with ``output.storage_options='{...}'`` (as for jobs.relabel).
 Success scores are decided (:func:`pipeline.decision.decide`) from the table's raw log P per prefix with
 the ``success.window`` of the run that published it (its run record; ``success.window=...`` overrides).
 Prints ROC-AUC of the success score and the threshold maximising Youden's J, ready to pass as
-``success.threshold=<value>`` to jobs.relabel, next to the threshold that run used. Storage options as
-for jobs.relabel (``output.storage_options``).
+``success.threshold=<value>`` to jobs.relabel, next to the threshold that run used.
 """
 
 from __future__ import annotations
@@ -16,12 +19,16 @@ import argparse
 import posixpath
 import sys
 
-import numpy as np
-
-from pipeline.calibration import Calibration, calibrate, read_labels
+from pipeline.calibration import (
+    Calibration,
+    CalibrationInputError,
+    calibrate,
+    match_labels,
+    read_labels,
+    read_scored,
+)
 from pipeline.config import ConfigError, load_config
 from pipeline.report.config import RunSettings, load_settings
-from pipeline.report.outputs import read_decided
 
 
 def _print(result: Calibration, pairs: int, settings: RunSettings) -> None:
@@ -50,23 +57,24 @@ def main(argv: list[str] | None = None) -> int:
         options = base.output.storage_options
         settings = load_settings(posixpath.dirname(args.episodes), args.overrides, base)
         cfg = settings.cfg
-        rows = read_decided(args.episodes, options, cfg.success, cfg.curation).rows
+        rows = read_scored(args.episodes, options, cfg.success, cfg.curation)
         labels = read_labels(args.labels, options)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, CalibrationInputError) as err:
         print(f"jobs.calibrate: {err}", file=sys.stderr)
         return 2
-    pairs = [(row["success_score"], labels[row["episode_index"]]) for row in rows
-             if row["status"] == "ok" and row["episode_index"] in labels]  # fmt: skip
-    if not pairs:
-        print("jobs.calibrate: no scored episode has a label", file=sys.stderr)
+    matched = match_labels(rows, labels)
+    if not len(matched.scores):
+        why = "".join(f"; {note}" for note in matched.notes())
+        print(f"jobs.calibrate: no scored episode of {args.episodes} has a label{why}", file=sys.stderr)
         return 2
-    scores, truth = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
     try:
-        result = calibrate(scores, truth)
+        result = calibrate(matched.scores, matched.truth)
     except ValueError as err:
         print(f"jobs.calibrate: {err}", file=sys.stderr)
         return 2
-    _print(result, len(pairs), settings)
+    for note in matched.notes():
+        print(note)
+    _print(result, len(matched.scores), settings)
     return 0
 
 

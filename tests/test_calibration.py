@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs.calibrate import main
-from pipeline.calibration import calibrate, read_labels
+from pipeline.calibration import CalibrationInputError, calibrate, read_labels
+from tests.conftest import BUCKET
 
 
 def test_separable_scores():
@@ -94,3 +95,94 @@ def test_cli_scores_with_the_window_of_the_run_that_published(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "success.window=3 given on the command line, overriding run r1's 1" in out
     assert out.strip().endswith("use: success.threshold=-2.7500")
+
+
+@pytest.mark.parametrize(
+    ("true", "false"),
+    [("1.0", "0.0"), ("Y", "n"), ("YES", "no"), ("True", "FALSE"), ("1", "0"), (" yes ", " N ")],
+)
+def test_labels_read_however_they_are_spelt(tmp_path, true, false):
+    (tmp_path / "l.csv").write_text(f"episode_index,success\n0,{true}\n1,{false}\n2.0,{true}\n")
+    assert read_labels(str(tmp_path / "l.csv")) == {0: True, 1: False, 2: True}
+    pq.write_table(pa.table({"episode_index": [0, 1], "success": [1.0, 0.0]}), tmp_path / "l.parquet")
+    (tmp_path / "l.json").write_text(json.dumps({"0": true.strip(), "1": 0}))
+    for name in ("l.parquet", "l.json"):
+        assert read_labels(str(tmp_path / name)) == {0: True, 1: False}
+
+
+def test_a_label_that_is_none_of_those_names_its_file_line_and_value(tmp_path):
+    labels = tmp_path / "l.csv"
+    labels.write_text("episode_index,success\n0,yes\n1,maybe\n")
+    with pytest.raises(CalibrationInputError) as err:
+        read_labels(str(labels))
+    assert str(err.value) == f"{labels}: line 3: success 'maybe' is not 1/0, true/false, yes/no, y/n, 1.0/0.0"
+    labels.write_text("episode_index,success\n0,1\nzero,1\n")
+    with pytest.raises(CalibrationInputError, match="line 3: episode_index 'zero' is not an index"):
+        read_labels(str(labels))
+    labels.write_text("episode_index,success\n0,1\n0,0\n")
+    with pytest.raises(CalibrationInputError, match="line 3: episode 0 is labelled both ways"):
+        read_labels(str(labels))
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    status = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_missing_or_malformed_inputs_are_one_line_and_exit_2(tmp_path, capsys):
+    table = _table(tmp_path, [[-9.0] * 3, [-1.0] * 3])
+    labels = tmp_path / "labels.csv"
+    labels.write_text("episode_index,success\n0,0\n1,1\n")
+    (tmp_path / "no_success.csv").write_text("episode_index,label\n0,0\n")
+    (tmp_path / "broken.json").write_text('{"0": tru')
+    (tmp_path / "garbage.parquet").write_bytes(b"not parquet at all")
+    pq.write_table(pa.table({"episode_index": [0]}), tmp_path / "other.parquet")
+    cases = [
+        (table, tmp_path / "missing.csv", f"labels file not found: {tmp_path / 'missing.csv'}"),
+        (
+            table,
+            tmp_path / "no_success.csv",
+            "no_success.csv: no column success (columns: episode_index, label)",
+        ),
+        (table, tmp_path / "broken.json", "broken.json: unreadable labels file (JSONDecodeError"),
+        (tmp_path / "gone.parquet", labels, f"episodes table not found: {tmp_path / 'gone.parquet'}"),
+        (tmp_path / "garbage.parquet", labels, "garbage.parquet: not an episodes table (ArrowInvalid"),
+        (tmp_path / "other.parquet", labels, "other.parquet: not an episodes table (no column"),
+    ]
+    for episodes, labels_file, message in cases:
+        status, out, err = _run(capsys, episodes, labels_file)
+        assert status == 2 and not out, (episodes, labels_file, out)
+        assert err.startswith("jobs.calibrate: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_labelled_episodes_missing_from_the_table_are_named(tmp_path, capsys):
+    table = _table(tmp_path, [[-9.0] * 3, [-1.0] * 3, [-8.5] * 3, [-2.0] * 3, None])
+    labels = tmp_path / "labels.csv"
+    labels.write_text("episode_index,success\n0,n\n1,y\n2,n\n3,y\n4,y\n7,y\n9,n\n")
+    status, out, _ = _run(capsys, table, labels)
+    assert status == 0
+    assert "labelled episodes not in the table (2, left out): 7, 9" in out
+    assert "labelled episodes not scored ok (1, left out): 4" in out
+    assert "labelled episodes: 4 (2 successes, 2 failures)" in out
+    labels.write_text("episode_index,success\n11,1\n12,0\n")
+    status, out, err = _run(capsys, table, labels)
+    assert status == 2 and err.count("\n") == 1
+    assert "no scored episode of" in err and "not in the table (2, left out): 11, 12" in err
+
+
+def test_table_and_labels_are_read_with_the_output_storage_options(s3, s3_options, tmp_path, capsys):
+    _table(tmp_path, [[-9.0] * 3, [-1.0] * 3, [-8.5] * 3, [-2.0] * 3])
+    s3.put_file(str(tmp_path / "episodes.parquet"), f"{BUCKET}/calibrate/so100/pick/episodes.parquet")
+    s3.pipe(f"{BUCKET}/calibrate/labels.csv", b"episode_index,success\n0,N\n1,Y\n2,N\n3,Y\n")
+    options = "{" + ", ".join(f"{k}: '{v}'" for k, v in s3_options.items()) + "}"
+    base = f"s3://{BUCKET}/calibrate"
+    status, out, err = _run(
+        capsys,
+        f"{base}/so100/pick/episodes.parquet",
+        f"{base}/labels.csv",
+        f"output.storage_options={options}",
+    )
+    assert status == 0, err
+    assert "labelled episodes: 4 (2 successes, 2 failures)" in out and "ROC-AUC: 1.000" in out
+    assert s3_options["secret"] not in out + err
