@@ -233,10 +233,12 @@ class JobConfig:
     Attributes:
         log_level: DEBUG|INFO|WARNING|ERROR for the pipeline's own log lines.
         fail_on_errors: true: exit 3 when any episode or dataset failed (for alerting).
+        progress_interval_s: Seconds between the "scoring: done/total, episodes/h, ETA" log lines.
     """
 
     log_level: str = "INFO"
     fail_on_errors: bool = False
+    progress_interval_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -404,6 +406,7 @@ def _validate(cfg: RelabelConfig) -> None:
             cfg.job.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR"),
             "must be DEBUG|INFO|WARNING|ERROR",
         ),
+        ("job.progress_interval_s", cfg.job.progress_interval_s >= 1, "must be >= 1 second"),
         ("source.block_size", cfg.source.block_size >= 4096, "must be >= 4096 bytes"),
         (
             "publish.num_cpus",
