@@ -188,8 +188,9 @@ def write_shards(
     """Ray Data ``map_batches`` function: commit the batch's rows, one shard per dataset.
 
     Returns the small per-episode summary columns (``SUMMARY_COLUMNS``) for the driver's report. A shard
-    that cannot be written (storage down) does not fail the batch: its rows come back ``failed`` with
-    the folder and the reason, nothing is committed for them, and the next run scores them again.
+    that cannot be written (storage down) does not fail the batch: its rows come back ``failed``, each
+    naming its episode, the folder and the reason; nothing is committed for them, and the next run scores
+    them again.
     """
     table = batch_to_table(batch, config_hash)
     summary = {name: table.column(name).to_pylist() for name in SUMMARY_COLUMNS}
@@ -199,13 +200,14 @@ def write_shards(
         try:
             commit_shard(part, folder, storage_options)
         except Exception as err:  # one dataset's failed commit must not lose the others' rows
-            reason = redact(
-                f"{dataset_id}: writing a shard under {folder}: {type(err).__name__}: {err}", storage_options
-            )
-            log.warning("shard write failed: %s", reason)
-            for i, row_dataset in enumerate(summary["dataset_id"]):
-                if row_dataset == dataset_id:
-                    summary["status"][i], summary["error"][i] = "failed", reason
+            rows = [i for i, row_dataset in enumerate(summary["dataset_id"]) if row_dataset == dataset_id]
+            episodes = ", ".join(str(summary["episode_index"][i]) for i in rows)
+            reason = redact(f"writing a shard under {folder}: {type(err).__name__}: {err}", storage_options)
+            log.warning("shard write failed: %s episodes %s: %s", dataset_id, episodes, reason)
+            for i in rows:
+                # Each row names its own episode, like every other failed row.
+                error = f"{dataset_id} episode {summary['episode_index'][i]}: {reason}"
+                summary["status"][i], summary["error"][i] = "failed", error
     return {name: np.asarray(values, dtype=object) for name, values in summary.items()}
 
 

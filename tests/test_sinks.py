@@ -206,7 +206,9 @@ def test_a_shard_that_cannot_be_written_comes_back_failed(tmp_path):
     blocked.write_text("not a folder")
     out = write_shards(_batch([0, 1], ["ok", "ok"]), str(blocked), "h", {})
     assert list(out["status"]) == ["failed", "failed"]
-    assert all("fleet/a: writing a shard under" in error and str(blocked) in error for error in out["error"])
+    # Each row names its own episode, then the folder and the reason.
+    for episode, error in zip([0, 1], out["error"], strict=True):
+        assert f"fleet/a episode {episode}: writing a shard under" in error and str(blocked) in error
 
 
 def test_missing_state_folder_is_empty(tmp_path):
