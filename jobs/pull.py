@@ -14,6 +14,17 @@ the same ``key=value`` syntax and the same key as ``jobs.relabel`` (``output.sto
 credentials otherwise come from the backend's usual environment and config. Only ``output.*`` keys apply:
 the files are copied as the run that published them decided them, and pull prints that run and its
 success and curation settings (from its run record).
+
+Everything is copied to a staging folder next to the destination and verified before anything there is
+replaced: every file's size against the store's listing, and the curated version against its own
+metadata (``meta/info.json``, the tasks, the episodes index and, per episode, its data file and its video
+of every camera). Exit status, with one line on stderr when not 0:
+
+* 0: pulled and verified.
+* 2: refused: a bad argument, nothing under the URI, a URI that is not ONE dataset's output (an output
+  root or a folder of datasets: the line names a few to pull), missing or refused credentials.
+* 3: the store's copy is incomplete (a file its metadata names is missing, or a copy is short); the line
+  names the file, and nothing under the destination was replaced (an earlier good copy stays as it was).
 """
 
 from __future__ import annotations
@@ -23,65 +34,226 @@ import posixpath
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fsspec import AbstractFileSystem
+
 from pipeline.config import ConfigError, load_config, override_keys
 from pipeline.curated.pointer import resolve_curated
-from pipeline.layout import CURATED_DIR, EPISODES_FILE, PROGRESS_FILE
+from pipeline.layout import CURATED_DIR, DATASET_ID_PARTS, EPISODES_FILE, OUTPUT_MARKER, PROGRESS_FILE
+from pipeline.reader import EPISODES_DIR, INFO_PATH, MetadataError, read_dataset
 from pipeline.report.config import load_settings
-from pipeline.report.outputs import INFO_PATH
-from pipeline.storage import filesystem_for, join_uri, redact
+from pipeline.storage import filesystem_for, join_uri, list_files, list_folder, redact
+
+# LeRobot v3.0's tasks table (lerobot.datasets.utils.DEFAULT_TASKS_PATH), named here so that pull does not
+# import LeRobot.
+TASKS_PATH = "meta/tasks.parquet"
+# Exit status: 2 refused (bad argument, nothing there, not one dataset, credentials); 3 incomplete.
+EXIT_OK, EXIT_REFUSED, EXIT_INCOMPLETE = 0, 2, 3
 
 # What pull says about the run whose files it copied: the settings that decided what curated/ holds.
 PROVENANCE_KEYS = ("success.threshold", "success.window", "curation.require_success", "curation.min_voc",
                    "curation.min_final_progress", "model.path")  # fmt: skip
 
 
-def pull_curated(uri: str, dest: Path, storage_options: Mapping[str, Any] | None) -> list[Path]:
-    """Copies the current curated version of the dataset at ``uri`` to ``dest``, replacing a copy already
-    there in one rename, or removing it when no episode is selected; returns the files written."""
+class PullRefused(ValueError):
+    """The URI is not one dataset's published output, or its store refuses to be read (credentials)."""
+
+
+class IncompleteVersion(ValueError):
+    """The store does not hold all of what the dataset's metadata names; nothing was replaced locally."""
+
+
+def datasets_below(fs: AbstractFileSystem, root: str, depth: int = DATASET_ID_PARTS) -> list[str]:
+    """Dataset output folders (holding ``episodes.parquet``) up to ``depth`` levels below ``root``,
+    relative to it and sorted; bookkeeping folders (``_state``, ``_runs``, ...) are skipped."""
+    found, level = [], [root]
+    for _ in range(depth):
+        level = [
+            entry["name"]
+            for folder in level
+            for entry in list_folder(fs, folder)
+            if entry["type"] == "directory" and not posixpath.basename(entry["name"]).startswith(("_", "."))
+        ]
+        for folder in level:
+            names = {posixpath.basename(e["name"]) for e in list_folder(fs, folder) if e["type"] == "file"}
+            if EPISODES_FILE in names:
+                found.append(posixpath.relpath(folder, root))
+    return sorted(found)
+
+
+def _not_one_dataset(fs: AbstractFileSystem, root: str, uri: str, names: set[str]) -> PullRefused:
+    """Why ``uri`` (listed: ``names``) is not one dataset's output: an output root, a folder of datasets,
+    or nothing published."""
+    ids = datasets_below(fs, root)
+    if not ids:
+        return PullRefused(
+            f"{uri} is not a dataset's output (no {EPISODES_FILE} in it or in its sub-folders); pull "
+            "<output.uri>/<robot>/<task>"
+        )
+    what = "an output root" if OUTPUT_MARKER in names else "a folder"
+    shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
+    return PullRefused(
+        f"{uri} is {what} holding {len(ids)} dataset(s): pull one of {shown} (e.g. {join_uri(uri, ids[0])})"
+    )
+
+
+@contextmanager
+def _storage_errors(uri: str, storage_options: Mapping[str, Any] | None) -> Iterator[None]:
+    """Credential and permission failures of the store as one :class:`PullRefused` line."""
+    try:
+        yield
+    except PermissionError as err:
+        reason = redact(str(err), storage_options).splitlines()[0]
+        raise PullRefused(f"{uri}: access denied ({reason}); check the credentials") from None
+    except Exception as err:
+        if "credential" not in f"{type(err).__name__} {err}".lower():
+            raise
+        raise PullRefused(
+            f"{uri}: no storage credentials ({type(err).__name__}); set them in the environment "
+            "(AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, GOOGLE_APPLICATION_CREDENTIALS) or pass "
+            "output.storage_options='{key: ..., secret: ...}'"
+        ) from None
+
+
+def _fetch(fs: AbstractFileSystem, sizes: dict[str, int], remote: str, local: Path, uri: str) -> list[Path]:
+    """Copy the files of ``sizes`` (paths relative to ``remote``, with their listed sizes) under ``local``
+    and check every copy's size; a file replaced since the listing is compared with its new size.
+
+    Raises:
+        IncompleteVersion: a copy's size is neither the listed nor the current one.
+    """
+    targets = [local / relative for relative in sizes]
+    for folder in {path.parent for path in targets}:
+        folder.mkdir(parents=True, exist_ok=True)
+    fs.get([posixpath.join(remote, relative) for relative in sizes], [str(path) for path in targets])
+    for (relative, size), path in zip(sizes.items(), targets, strict=True):
+        got = path.stat().st_size if path.is_file() else None
+        if got != size and got != fs.info(posixpath.join(remote, relative)).get("size"):
+            raise IncompleteVersion(f"{join_uri(uri, relative)}: copied {got} bytes of the {size} listed")
+    return targets
+
+
+def verify_version(local: Path, version_uri: str) -> None:
+    """The curated version copied to ``local`` holds every file its metadata names: ``meta/info.json``,
+    the tasks, the episodes index (``total_episodes`` episodes), and per episode its data file and its
+    video file of every camera.
+
+    Raises:
+        IncompleteVersion: naming the file of ``version_uri`` that is missing or unreadable.
+    """
+    try:
+        meta = read_dataset(str(local), all_cameras=True)
+    except MetadataError as err:
+        where = err.file_uri.replace(str(local), version_uri.rstrip("/"), 1)
+        raise IncompleteVersion(f"{where}: {err.reason}") from None
+    total = meta.info.get("total_episodes")
+    if total is not None and len(meta.episodes) != int(total):
+        raise IncompleteVersion(
+            f"{join_uri(version_uri, EPISODES_DIR)}: {len(meta.episodes)} episodes of the {total} that "
+            f"meta/info.json names (an episodes file is missing)"
+        )
+    needed = [(TASKS_PATH, "the tasks")]
+    for episode in meta.episodes:
+        if episode.error:
+            raise IncompleteVersion(f"{version_uri}: episode {episode.episode_index}: {episode.error}")
+        needed.append((episode.data_path, f"episode {episode.episode_index}'s data"))
+        for camera, span in episode.videos.items():
+            needed.append((span.path, f"episode {episode.episode_index}'s {camera} video"))
+    for relative, what in needed:
+        if not (local / relative).is_file():
+            raise IncompleteVersion(f"{join_uri(version_uri, relative)}: missing from the store ({what})")
+
+
+def stage_curated(uri: str, staging: Path, storage_options: Mapping[str, Any] | None) -> list[Path] | None:
+    """Copy the current curated version of the dataset at ``uri`` to ``staging`` and verify it
+    (:func:`verify_version`); None when no episode is selected.
+
+    ``meta/info.json`` is copied before the listing, so every file it names is listed; files appended
+    after it are listed too, and LeRobot ignores them (they lie past info.json's totals).
+    """
     root = resolve_curated(join_uri(uri, CURATED_DIR), storage_options)
     if root is None:
-        if dest.exists():
-            shutil.rmtree(dest)
-        return []
+        return None
     fs, remote = filesystem_for(root, storage_options)
     remote = remote.rstrip("/")
-    info = posixpath.join(remote, INFO_PATH)
+    (staging / INFO_PATH).parent.mkdir(parents=True)
+    fs.get_file(posixpath.join(remote, INFO_PATH), str(staging / INFO_PATH))
+    fs.invalidate_cache(remote)
+    sizes = {relative: int(info.get("size") or 0) for relative, info in list_files(fs, remote).items()}
+    sizes.pop(INFO_PATH, None)
+    files = [*_fetch(fs, sizes, remote, staging, root), staging / INFO_PATH]
+    verify_version(staging, root)
+    return files
+
+
+def _replace_curated(staged: Path | None, dest: Path) -> None:
+    """Put the staged curated copy at ``dest`` in one rename (the old one, if any, moved aside first and
+    removed after), or remove ``dest`` when nothing is selected any more."""
+    if staged is None:
+        if dest.exists():
+            shutil.rmtree(dest)
+        return
+    if dest.exists():
+        old = staged.with_name(staged.name + "-old")
+        dest.rename(old)
+        staged.rename(dest)
+        shutil.rmtree(old)
+    else:
+        staged.rename(dest)
+
+
+def pull_curated(uri: str, dest: Path, storage_options: Mapping[str, Any] | None) -> list[Path]:
+    """Copies the current curated version of the dataset at ``uri`` to ``dest``, verified
+    (:func:`stage_curated`), replacing a copy already there in one rename, or removing it when no episode
+    is selected; returns the files written.
+
+    Raises:
+        IncompleteVersion: the version in the store is incomplete; ``dest`` was left as it was.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".curated-", dir=dest.parent))
     try:
-        # info.json before the listing: every file it names is then listed; files appended after it are
-        # listed too, and LeRobot ignores them (they lie past info.json's totals).
-        (staging / INFO_PATH).parent.mkdir(parents=True)
-        fs.get_file(info, str(staging / INFO_PATH))
-        fs.invalidate_cache(remote)
-        files = sorted(path for path in fs.find(remote) if path != info)
-        local = [staging / posixpath.relpath(path, remote) for path in files]
-        for folder in {p.parent for p in local}:
-            folder.mkdir(parents=True, exist_ok=True)
-        fs.get(files, [str(p) for p in local])
-        if dest.exists():
-            old = staging.with_name(staging.name + "-old")
-            dest.rename(old)
-            staging.rename(dest)
-            shutil.rmtree(old)
-        else:
-            staging.rename(dest)
+        files = stage_curated(uri, staging / CURATED_DIR, storage_options)
+        _replace_curated(staging / CURATED_DIR if files is not None else None, dest)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    local.append(staging / INFO_PATH)
-    return [dest / path.relative_to(staging) for path in local]
+        shutil.rmtree(staging, ignore_errors=True)
+    return [dest / path.relative_to(staging / CURATED_DIR) for path in files or []]
+
+
+def _dataset_files(fs: AbstractFileSystem, root: str, uri: str) -> dict[str, int]:
+    """The files directly in one dataset's output folder, with their listed sizes.
+
+    Raises:
+        FileNotFoundError: nothing is there.
+        PullRefused: the folder is not one dataset's output (no ``episodes.parquet``).
+    """
+    listed = list_folder(fs, root)
+    if not listed:
+        raise FileNotFoundError(f"no files under {uri}")
+    sizes = {
+        posixpath.basename(entry["name"]): int(entry.get("size") or 0)
+        for entry in listed
+        if entry["type"] == "file"
+    }
+    if EPISODES_FILE not in sizes:
+        raise _not_one_dataset(fs, root, uri, set(sizes))
+    return sizes
 
 
 def pull(uri: str, dest: str | Path, storage_options: Mapping[str, Any] | None = None) -> list[Path]:
-    """Copy a dataset's published files and its current curated version under ``dest``.
+    """Copy a dataset's published files and its current curated version under ``dest``, verified.
+
+    Everything is copied to a staging folder next to ``dest`` and checked (sizes against the store's
+    listing, the curated version against its own metadata) before anything under ``dest`` is replaced:
+    a pull that fails leaves an earlier copy as it was.
 
     Args:
         uri: a dataset's output folder, e.g. ``s3://labels/topreward/so100/pick_cube``.
-        dest: local folder; created if missing, files already there are overwritten.
+        dest: local folder; created if missing, files already there are replaced.
         storage_options: fsspec options of the source (endpoint, credentials).
 
     Returns:
@@ -89,21 +261,34 @@ def pull(uri: str, dest: str | Path, storage_options: Mapping[str, Any] | None =
 
     Raises:
         FileNotFoundError: nothing is published under ``uri``.
+        PullRefused: ``uri`` is not one dataset's output (an output root, a folder of datasets), or the
+            store refuses the credentials.
+        IncompleteVersion: a file the store should hold is missing or short; nothing was replaced.
     """
-    fs, root = filesystem_for(uri, storage_options)
-    root = root.rstrip("/")
-    # A fresh listing: an earlier run in this process may have cached a listing from before the upload.
-    fs.invalidate_cache(root)
-    if not fs.exists(root):
-        raise FileNotFoundError(f"no files under {uri}")
-    remote = sorted(entry["name"] for entry in fs.ls(root, detail=True) if entry["type"] == "file")
-    if not remote:
-        raise FileNotFoundError(f"no files under {uri}")
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    local = [dest / posixpath.basename(path) for path in remote]
-    fs.get(remote, [str(p) for p in local])
-    return sorted(local + pull_curated(uri, dest / CURATED_DIR, storage_options))
+    with _storage_errors(uri, storage_options):
+        fs, root = filesystem_for(uri, storage_options)
+        root = root.rstrip("/")
+        # A fresh listing: an earlier run in this process may have cached a listing from before the upload.
+        fs.invalidate_cache(root)
+        sizes = _dataset_files(fs, root, uri)
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-pull-", dir=dest.parent))
+        try:
+            top = _fetch(fs, sizes, root, staging, uri)
+            curated = stage_curated(uri, staging / CURATED_DIR, storage_options)
+            # Verified: only now is anything under dest replaced.
+            dest.mkdir(exist_ok=True)
+            for path in top:
+                path.replace(dest / path.name)
+            _replace_curated(staging / CURATED_DIR if curated is not None else None, dest / CURATED_DIR)
+        except IncompleteVersion as err:
+            raise IncompleteVersion(f"{err}; nothing under {dest} was replaced") from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    local = [dest / path.name for path in top]
+    local += [dest / path.relative_to(staging) for path in curated or []]
+    return sorted(local)
 
 
 def provenance(uri: str, overrides: list[str]) -> list[str]:
@@ -116,7 +301,7 @@ def provenance(uri: str, overrides: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Pull the outputs and print where LeRobot's trainer finds them; exit 2 on a bad argument."""
+    """Pull the outputs and print where LeRobot's trainer finds them; exit 2 refused, 3 incomplete."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -142,12 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         files = pull(args.uri, args.dest, options)
         lines = provenance(args.uri, args.overrides)
-    except ConfigError as err:
-        print(f"jobs.pull: {err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
+    except (ConfigError, PullRefused, FileNotFoundError) as err:
         print(f"jobs.pull: {redact(str(err), options)}", file=sys.stderr)
-        return 2
+        return EXIT_REFUSED
+    except IncompleteVersion as err:
+        print(f"jobs.pull: {redact(str(err), options)}", file=sys.stderr)
+        return EXIT_INCOMPLETE
     dest = Path(args.dest)
     size = sum(f.stat().st_size for f in files)
     print(f"pulled {len(files)} files ({size / 1e6:.1f} MB) from {args.uri} to {dest}")

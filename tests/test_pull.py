@@ -9,23 +9,30 @@ import subprocess
 import sys
 from pathlib import Path
 
-from jobs.pull import main, pull
+import pytest
+
+from jobs.pull import EXIT_INCOMPLETE, main, pull
 from pipeline.curated.pointer import Pointer
 from pipeline.layout import RECORD_FILE
 from tests.conftest import BUCKET
 
-FILES = {
-    "topreward_progress.parquet": b"progress bytes",
-    "episodes.parquet": b"episodes bytes",
-    "curated/meta/info.json": b'{"codebase_version": "v3.0"}',
-    "curated/videos/observation.images.front/chunk-000/file-000.mp4": bytes(range(256)) * 40,
-}
+TOP = {"topreward_progress.parquet": b"progress bytes", "episodes.parquet": b"episodes bytes"}
 # A superseded version still kept for its readers: never pulled.
 OLD_VERSION = {"meta/info.json": b'{"old": 1}', "data/chunk-000/file-000.parquet": b"old rows"}
 
 
-def _upload(s3, prefix: str, current: str = "v000002") -> str:
-    for name, data in FILES.items():
+def _local_tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def files(synth_dir) -> dict[str, bytes]:
+    """What a pull brings: the dataset's files and, as ``curated/``, a real LeRobot v3.0 version."""
+    return {**TOP, **{f"curated/{k}": v for k, v in _local_tree(synth_dir / "v30").items()}}
+
+
+def _upload(s3, prefix: str, files: dict[str, bytes], current: str = "v000002") -> str:
+    for name, data in files.items():
         s3.pipe(f"{BUCKET}/{prefix}/{name.replace('curated/', f'curated/{current}/')}", data)
     for name, data in OLD_VERSION.items():
         s3.pipe(f"{BUCKET}/{prefix}/curated/v000001/{name}", data)
@@ -33,27 +40,29 @@ def _upload(s3, prefix: str, current: str = "v000002") -> str:
     return f"s3://{BUCKET}/{prefix}"
 
 
-def _local_tree(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+def _options(s3_options: dict) -> str:
+    return "output.storage_options={" + ", ".join(f"{k}: '{v}'" for k, v in s3_options.items()) + "}"
 
 
-def test_pull_copies_every_file(s3, s3_options, tmp_path):
-    uri = _upload(s3, "pull/so100/pick_cube")
+def test_pull_copies_every_file(s3, s3_options, files, tmp_path):
+    uri = _upload(s3, "pull/so100/pick_cube", files)
     # A sibling whose name extends the dataset's must not come along.
     s3.pipe(f"{BUCKET}/pull/so100/pick_cube_v2/episodes.parquet", b"other dataset")
     written = pull(uri + "/", tmp_path / "pick_cube", s3_options)
-    assert _local_tree(tmp_path / "pick_cube") == FILES
-    assert sorted(p.relative_to(tmp_path / "pick_cube").as_posix() for p in written) == sorted(FILES)
+    assert _local_tree(tmp_path / "pick_cube") == files
+    assert sorted(p.relative_to(tmp_path / "pick_cube").as_posix() for p in written) == sorted(files)
 
 
-def test_a_new_pull_replaces_the_curated_copy_and_removes_it_when_none_is_selected(s3, s3_options, tmp_path):
-    uri = _upload(s3, "pull-again/so100/pick_cube")
+def test_a_new_pull_replaces_the_curated_copy_and_removes_it_when_none_is_selected(
+    s3, s3_options, files, tmp_path
+):
+    uri = _upload(s3, "pull-again/so100/pick_cube", files)
     dest = tmp_path / "pick_cube"
     pull(uri, dest, s3_options)
-    (dest / "curated" / "data" / "chunk-000").mkdir(parents=True)
+    (dest / "curated" / "data" / "chunk-000").mkdir(parents=True, exist_ok=True)
     (dest / "curated" / "data" / "chunk-000" / "file-009.parquet").write_bytes(b"stale")
     pull(uri, dest, s3_options)
-    assert _local_tree(dest) == FILES  # the stale file went with the old copy
+    assert _local_tree(dest) == files  # the stale file went with the old copy
     s3.pipe(f"{BUCKET}/pull-again/so100/pick_cube/curated/current.json", Pointer(2, None).to_json())
     written = pull(uri, dest, s3_options)
     assert not (dest / "curated").exists()
@@ -61,30 +70,27 @@ def test_a_new_pull_replaces_the_curated_copy_and_removes_it_when_none_is_select
     assert [p.name for p in tmp_path.iterdir()] == ["pick_cube"]  # no staging folder left
 
 
-def test_cli_takes_storage_options_like_relabel(s3, s3_options, tmp_path, capsys):
-    uri = _upload(s3, "pull-cli/synth/v30")
-    options = "{" + ", ".join(f"{k}: '{v}'" for k, v in s3_options.items()) + "}"
-    assert main([uri, str(tmp_path / "v30"), f"output.storage_options={options}"]) == 0
-    assert _local_tree(tmp_path / "v30") == FILES
+def test_cli_takes_storage_options_like_relabel(s3, s3_options, files, tmp_path, capsys):
+    uri = _upload(s3, "pull-cli/synth/v30", files)
+    assert main([uri, str(tmp_path / "v30"), _options(s3_options)]) == 0
+    assert _local_tree(tmp_path / "v30") == files
     out = capsys.readouterr().out
-    assert f"pulled {len(FILES)} files" in out
+    assert f"pulled {len(files)} files" in out
     assert str(tmp_path / "v30" / "curated") in out
     assert s3_options["secret"] not in out
 
 
 def test_cli_fails_cleanly_on_an_empty_prefix(s3, s3_options, tmp_path, capsys):
-    options = "{" + ", ".join(f"{k}: '{v}'" for k, v in s3_options.items()) + "}"
-    status = main([f"s3://{BUCKET}/nothing-here", str(tmp_path / "x"), f"output.storage_options={options}"])
+    status = main([f"s3://{BUCKET}/nothing-here", str(tmp_path / "x"), _options(s3_options)])
     assert status == 2
     assert "no files under" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
 def test_cli_names_the_run_that_published_and_its_settings(golden_run, tmp_path, capsys):
-    options = "{" + ", ".join(f"{k}: '{v}'" for k, v in golden_run.s3_options.items()) + "}"
     dataset = golden_run.datasets["v30"]
     uri = f"{golden_run.output}/{dataset}"
-    assert main([uri, str(tmp_path / "v30"), f"output.storage_options={options}"]) == 0
+    assert main([uri, str(tmp_path / "v30"), _options(golden_run.s3_options)]) == 0
     run_id = json.loads((tmp_path / "v30" / RECORD_FILE).read_text())["run_id"]
     out = capsys.readouterr().out
     threshold = golden_run.cfg.success.threshold
@@ -100,11 +106,61 @@ def test_cli_refuses_settings_it_cannot_apply(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
-def test_cli_says_when_no_run_record_names_the_publisher(s3, s3_options, tmp_path, capsys):
-    uri = _upload(s3, "pull-norecord/so100/pick_cube")
-    options = "{" + ", ".join(f"{k}: '{v}'" for k, v in s3_options.items()) + "}"
-    assert main([uri, str(tmp_path / "p"), f"output.storage_options={options}"]) == 0
+def test_cli_says_when_no_run_record_names_the_publisher(s3, s3_options, files, tmp_path, capsys):
+    uri = _upload(s3, "pull-norecord/so100/pick_cube", files)
+    assert main([uri, str(tmp_path / "p"), _options(s3_options)]) == 0
     assert f"published by: unknown (no run record for {uri})" in capsys.readouterr().out
+
+
+def test_a_version_missing_a_video_fails_and_keeps_the_earlier_copy(s3, s3_options, files, tmp_path, capsys):
+    uri = _upload(s3, "pull-broken/so100/pick_cube", files)
+    dest = tmp_path / "pick_cube"
+    assert main([uri, str(dest), _options(s3_options)]) == 0
+    capsys.readouterr()
+    video = next(name for name in files if name.startswith("curated/videos/"))
+    gone = f"{uri}/curated/v000002/{video.removeprefix('curated/')}"
+    s3.rm(gone.removeprefix("s3://"))
+    s3.pipe(f"{BUCKET}/pull-broken/so100/pick_cube/episodes.parquet", b"newer episodes")
+    assert main([uri, str(dest), _options(s3_options)]) == EXIT_INCOMPLETE
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and not captured.out
+    assert captured.err.startswith(f"jobs.pull: {gone}: missing from the store (episode ")
+    assert captured.err.strip().endswith(f"nothing under {dest} was replaced")
+    assert _local_tree(dest) == files  # the earlier good copy, episodes.parquet included
+    assert [p.name for p in tmp_path.iterdir()] == ["pick_cube"]  # no staging folder left
+    # A first pull of it leaves nothing behind either.
+    assert main([uri, str(tmp_path / "fresh"), _options(s3_options)]) == EXIT_INCOMPLETE
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_an_output_root_or_a_folder_of_datasets_is_refused_naming_them(s3, s3_options, tmp_path, capsys):
+    root = f"s3://{BUCKET}/pull-root"
+    s3.pipe(f"{BUCKET}/pull-root/_topreward_output.json", b"{}")
+    s3.pipe(f"{BUCKET}/pull-root/_runs/r1.json", b"{}")
+    for dataset in ("so100/pick_cube", "so100/stack", "koch/pour"):
+        s3.pipe(f"{BUCKET}/pull-root/{dataset}/episodes.parquet", b"episodes")
+    assert main([root, str(tmp_path / "x"), _options(s3_options)]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"jobs.pull: {root} is an output root holding 3 dataset(s): pull one of koch/pour, so100/pick_cube, "
+        f"so100/stack (e.g. {root}/koch/pour)\n"
+    )
+    assert main([f"{root}/so100", str(tmp_path / "x"), _options(s3_options)]) == 2
+    assert "so100 is a folder holding 2 dataset(s): pull one of pick_cube, stack" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_no_credentials_is_one_line(s3_endpoint, tmp_path, monkeypatch, capsys):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    # default_fill_cache: a client of its own (fsspec caches one per set of options).
+    options = f"output.storage_options={{endpoint_url: '{s3_endpoint}', default_fill_cache: false}}"
+    assert main([f"s3://{BUCKET}/pull/so100/pick_cube", str(tmp_path / "x"), options]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no storage credentials (NoCredentialsError)" in err
 
 
 def test_readers_import_neither_ray_lerobot_pyav_nor_torch():
