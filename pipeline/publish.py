@@ -319,6 +319,7 @@ def publish_all(
         else:
             outcomes[job.dataset_id] = found
     if changed:
+        log.info("publish: %d of %d datasets changed, publishing", len(changed), len(jobs))
         connect()
         task = ray.remote(publish_dataset).options(num_cpus=cfg.publish.num_cpus)
         limit = cfg.publish.max_parallel or len(changed)
@@ -334,5 +335,8 @@ def publish_all(
                     outcomes[job.dataset_id] = ray.get(ref)
                 except Exception as err:  # the task itself died (worker lost, out of memory)
                     outcomes[job.dataset_id] = _failed(job, cfg, err)
+                finished = len(changed) - len(waiting) - len(running)
+                line = outcomes[job.dataset_id].describe()[0]
+                log.info("publish: %s (%d/%d)", line, finished, len(changed))
     log.info("publish: %d datasets, %d changed", len(jobs), len(changed))
     return [outcomes[job.dataset_id] for job in jobs]

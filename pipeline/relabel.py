@@ -19,10 +19,13 @@ import ray
 
 from pipeline.catalog import EpisodeRecord, list_episodes
 from pipeline.config import ConfigError, RelabelConfig, config_hash
+from pipeline.failures import CREDENTIALS_HINT, failure_lines, looks_like_credentials
 from pipeline.frames.decode import decode_episode
 from pipeline.placement import ScorerPlacement, cluster_placement, resolve_model, scoring_line
 from pipeline.preflight import check_run
+from pipeline.progress import ScoringProgress, quiet_ray_data
 from pipeline.publish import PublishJob, PublishOutcome, publish_all
+from pipeline.reader.dataset import INFO_PATH
 from pipeline.runrecord import RunRecord
 from pipeline.sinks import (
     State,
@@ -33,9 +36,13 @@ from pipeline.sinks import (
 )
 from pipeline.stages.label import label_episode
 from pipeline.stages.score import ScoreEpisodes
-from pipeline.storage import redact, with_storage_retries
+from pipeline.stopping import RunStopped, reclaim_signals, stop_on_signals
+from pipeline.storage import normalize_uri, redact, with_storage_retries
 
 log = logging.getLogger(__name__)
+
+# Scorer actors: no weight-loading progress bars in the log (huggingface_hub and transformers read it).
+SCORER_RUNTIME_ENV = {"env_vars": {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}}
 
 
 @dataclass
@@ -91,6 +98,8 @@ class RunSummary:
     run_record_uri: str = ""
     # Where the scorer actors ran (resolved on the driver); None when nothing was pending.
     placement: ScorerPlacement | None = None
+    # Source URIs under which the catalog found no dataset (a mistyped prefix): see missing_sources().
+    missing_sources: list[str] = field(default_factory=list)
 
     @property
     def scored(self) -> int:
@@ -102,6 +111,16 @@ class RunSummary:
         """Everything recorded as failed in this run (episodes, datasets, publishes)."""
         return sum(d.failures for d in self.datasets.values())
 
+    @property
+    def succeeded(self) -> int:
+        """Episodes labelled ``ok`` (scored now or skipped as done before) in datasets that published."""
+        return sum(d.scored + d.skipped for d in self.datasets.values() if d.published)
+
+    @property
+    def nothing_succeeded(self) -> bool:
+        """Failures were recorded and no episode is labelled and published (every episode failed)."""
+        return self.failures > 0 and self.succeeded == 0
+
 
 def connect_ray(cfg: RelabelConfig) -> None:
     """Join the cluster a job was submitted to (RAY_ADDRESS), a given address, or start a local Ray."""
@@ -110,14 +129,16 @@ def connect_ray(cfg: RelabelConfig) -> None:
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
-        return
-    ray.init(
-        address="local",
-        num_cpus=cfg.ray.num_cpus,
-        object_store_memory=cfg.ray.object_store_memory,
-        _temp_dir=cfg.ray.temp_dir,
-        include_dashboard=False,
-    )
+    else:
+        ray.init(
+            address="local",
+            num_cpus=cfg.ray.num_cpus,
+            object_store_memory=cfg.ray.object_store_memory,
+            _temp_dir=cfg.ray.temp_dir,
+            include_dashboard=False,
+        )
+    # ray.init replaces the SIGTERM handler with one that exits by SIGABRT; a run stops cleanly instead.
+    reclaim_signals()
 
 
 def build_dataset(
@@ -149,6 +170,11 @@ def build_dataset(
         # CPU-only clusters a fractional CPU keeps decode schedulable (whole CPUs held by actors starve
         # the decode tasks and the pipeline deadlocks). Each actor keeps the next batch queued
         # (max_tasks_in_flight), so its frames are decoded and delivered while it scores the current one.
+        # Named remote arguments only (Ray 2.60 deprecates passing others through **ray_remote_args);
+        # restarts without limit, which the scorer relies on (a fatal device error exits the actor), are
+        # Ray Data's default for pool actors. The runtime_env also keeps decode in its own CPU tasks:
+        # with arguments equal to decode's (a CPU scorer and decode both at 0.5 CPU) Ray Data would fuse
+        # decode into the actor, which then decodes on its critical path instead of overlapping.
         .map_batches(
             ScoreEpisodes,
             fn_constructor_kwargs={
@@ -159,7 +185,10 @@ def build_dataset(
             compute=placement.compute(),
             batch_size=cfg.ray.scorer_batch_size,
             batch_format="numpy",
-            **placement.remote_args(),
+            num_gpus=placement.num_gpus,
+            num_cpus=placement.num_cpus,
+            resources=dict(placement.resources) or None,
+            runtime_env=SCORER_RUNTIME_ENV,
         )
         # Scores-derived labels only: success and selection are decided at publish (pipeline.decision).
         .map(label_episode)
@@ -271,19 +300,104 @@ def _score(
     summaries: dict[str, DatasetSummary],
     record: RunRecord,
 ) -> ScorerPlacement:
-    """Runs the Ray Data graph over the pending rows, counting results per dataset; returns the placement."""
+    """Runs the Ray Data graph over the pending rows, counting results per dataset; returns the placement.
+
+    Logs a progress line every ``job.progress_interval_s`` seconds (:class:`~pipeline.progress.
+    ScoringProgress`); Ray Data's own progress block is off unless ``job.log_level=DEBUG``.
+    """
     connect_ray(cfg)
+    quiet_ray_data(cfg.job.log_level)
     placement = cluster_placement(cfg.ray, cfg.model)
     record.placement = asdict(placement)
-    for result in build_dataset(pending, cfg, chash, placement).iter_rows():
-        summary = summaries[result["dataset_id"]]
-        if result["status"] == "ok":
-            summary.scored += 1
-            summary.frames += int(result["length"])
-        else:
-            summary.failed += 1
-            summary.errors.append(f"{result['error']} [attempt {result['attempt']}]")
+    with ScoringProgress(len(pending), cfg.job.progress_interval_s) as progress:
+        for result in build_dataset(pending, cfg, chash, placement).iter_rows():
+            summary = summaries[result["dataset_id"]]
+            ok = result["status"] == "ok"
+            progress.add(ok)
+            if ok:
+                summary.scored += 1
+                summary.frames += int(result["length"])
+            else:
+                summary.failed += 1
+                summary.errors.append(f"{result['error']} [attempt {result['attempt']}]")
     return placement
+
+
+def missing_sources(uris: list[str], records: list[EpisodeRecord]) -> list[str]:
+    """The source URIs under which the catalog found no dataset at all.
+
+    The catalog lists such a URI as one failed dataset whose root is the URI itself and whose error is
+    ``<uri>/meta/info.json: not found`` (a mistyped prefix, an empty folder, a folder that is gone).
+    """
+    errors = {record.root.rstrip("/"): record.error for record in records if record.episode_index < 0}
+    missing = []
+    for uri in uris:
+        try:
+            root = normalize_uri(uri).rstrip("/")
+        except ValueError:
+            continue
+        if errors.get(root, "").endswith(f"{root}/{INFO_PATH}: not found"):
+            missing.append(uri)
+    return missing
+
+
+def _log_plan(
+    records: list[EpisodeRecord], pending: list[dict[str, Any]], summaries: dict[str, DatasetSummary]
+) -> None:
+    """The catalog and plan lines: datasets and episodes listed, then pending, skipped, given up."""
+    listed = sum(not d.catalog_error for d in summaries.values())
+    episodes = sum(record.episode_index >= 0 for record in records)
+    unlisted = len(summaries) - listed
+    log.info(
+        "catalog: %d dataset(s), %s episodes listed%s",
+        listed, f"{episodes:,}", f"; {unlisted} dataset(s) could not be listed" if unlisted else "",
+    )  # fmt: skip
+    log.info(
+        "plan: %s episodes to score, %s already labelled (skipped), %s given up (retry.max_attempts)",
+        f"{len(pending):,}",
+        f"{sum(d.skipped for d in summaries.values()):,}",
+        f"{sum(d.gave_up for d in summaries.values()):,}",
+    )
+
+
+def _run_phases(
+    cfg: RelabelConfig, chash: str, record: RunRecord, summaries: dict[str, DatasetSummary]
+) -> tuple[ScorerPlacement | None, list[str]]:
+    """Catalog, plan, score, publish; fills ``summaries``, returns the placement and missing sources."""
+    records = list_episodes(cfg.source)
+    missing = missing_sources(cfg.source.uris, records)
+    for uri in missing:
+        log.warning("catalog: no dataset found under source %s (no meta/info.json there or below)", uri)
+    pending, roots, states = _plan(records, cfg, chash, summaries)
+    _log_plan(records, pending, summaries)
+    log.info("relabel: run %s, config %s (%s %s)", record.run_id, chash, cfg.model.device, cfg.model.dtype)
+    placement = _score(pending, cfg, chash, summaries, record) if pending else None
+    # Only datasets whose inputs changed since their last publish are written, one Ray task each.
+    scored = {row["dataset_id"] for row in pending}
+    jobs = _publish_jobs(records, roots, states, scored, cfg, chash, record.run_id)
+    for outcome in publish_all(jobs, cfg, connect=lambda: connect_ray(cfg)):
+        summaries[outcome.dataset_id].publish = outcome
+    return placement, missing
+
+
+def _finish_record(
+    record: RunRecord, cfg: RelabelConfig, summaries: dict[str, DatasetSummary], err: BaseException | None
+) -> str:
+    """Writes the run's end: ``completed`` (with every failure), ``stopped`` (a signal) or ``broken``."""
+    record.datasets = {d.dataset_id: d.counts() for d in summaries.values()}
+    record.failures = [
+        {"dataset_id": d.dataset_id, "error": error}
+        for d in summaries.values()
+        for error in [d.catalog_error, *d.errors, d.publish_error]
+        if error
+    ]
+    if err is None:
+        return record.finish("completed")
+    if isinstance(err, RunStopped):
+        log.warning("relabel: run %s %s; the next run goes on from what was committed", record.run_id, err)
+        return record.finish("stopped", str(err))
+    reason = redact(f"{type(err).__name__}: {err}", cfg.output.storage_options)
+    return record.finish("broken", redact(reason, cfg.source.storage_options))
 
 
 def run(cfg: RelabelConfig) -> RunSummary:
@@ -292,50 +406,36 @@ def run(cfg: RelabelConfig) -> RunSummary:
     Refuses a config that cannot work before Ray starts (:class:`~pipeline.config.ConfigError`), resolves
     ``model.device``/``dtype`` (the config hash covers them; a local run does not start Ray for it), then
     records the run and its resolved config under ``<output>/_runs/``. Failures of episodes and datasets
-    are recorded, never raised; anything that escapes (Ray itself failing) marks the run record
-    ``broken`` and is re-raised.
+    are recorded, never raised. SIGTERM or SIGINT stop the run: the record says ``stopped`` and
+    :class:`~pipeline.stopping.RunStopped` is raised (what is committed stays; the next run goes on from
+    it). Anything else that escapes (Ray itself failing) marks the record ``broken`` and is re-raised.
     """
     started = time.perf_counter()
     check_run(cfg)
     cfg = with_storage_retries(cfg)
-    cfg = resolve_model(cfg, connect=partial(connect_ray, cfg))
-    chash = config_hash(cfg)
-    record = _start_record(cfg, chash)
-    summaries: dict[str, DatasetSummary] = {}
-    placement = None
-    try:
-        records = list_episodes(cfg.source)
-        pending, roots, states = _plan(records, cfg, chash, summaries)
-        log.info(
-            "relabel: run %s, %d episodes listed, %d pending, config %s (%s %s)",
-            record.run_id, len(records), len(pending), chash, cfg.model.device, cfg.model.dtype,
-        )  # fmt: skip
-        if pending:
-            placement = _score(pending, cfg, chash, summaries, record)
-        # Only datasets whose inputs changed since their last publish are written, one Ray task each.
-        scored = {row["dataset_id"] for row in pending}
-        jobs = _publish_jobs(records, roots, states, scored, cfg, chash, record.run_id)
-        for outcome in publish_all(jobs, cfg, connect=lambda: connect_ray(cfg)):
-            summaries[outcome.dataset_id].publish = outcome
-    except BaseException as err:
-        record.datasets = {d.dataset_id: d.counts() for d in summaries.values()}
-        reason = redact(f"{type(err).__name__}: {err}", cfg.output.storage_options)
-        record.finish("broken", redact(reason, cfg.source.storage_options))
-        raise
+    with stop_on_signals():
+        cfg = resolve_model(cfg, connect=partial(connect_ray, cfg))
+        chash = config_hash(cfg)
+        record = _start_record(cfg, chash)
+        summaries: dict[str, DatasetSummary] = {}
+        try:
+            placement, missing = _run_phases(cfg, chash, record, summaries)
+            record_uri = _finish_record(record, cfg, summaries, None)
+        except BaseException as err:
+            _finish_record(record, cfg, summaries, err)
+            raise
     summary = RunSummary(chash, time.perf_counter() - started, summaries, placement=placement)
-    record.datasets = {d.dataset_id: d.counts() for d in summaries.values()}
-    record.failures = [
-        {"dataset_id": d.dataset_id, "error": error}
-        for d in summaries.values()
-        for error in [d.catalog_error, *d.errors, d.publish_error]
-        if error
-    ]
-    summary.run_record_uri = record.finish("completed")
+    summary.run_record_uri, summary.missing_sources = record_uri, missing
     return summary
 
 
 def format_summary(summary: RunSummary) -> str:
-    """The end-of-run table: per dataset, episodes scored/skipped/failed, frames, throughput, outputs."""
+    """The end-of-run table: per dataset, episodes scored/skipped/failed, frames, throughput, outputs.
+
+    Then, per dataset, its failures: the first error of each kind with its episode, repeats collapsed
+    (:func:`pipeline.failures.failure_lines`); sources under which no dataset was found; and one hint when
+    a failure looks like storage refusing the workers (missing credentials under ``ray job submit``).
+    """
     hours = max(summary.wall_seconds, 1e-9) / 3600
     columns = (
         ("scored", 8),
@@ -355,7 +455,11 @@ def format_summary(summary: RunSummary) -> str:
         )
     for d in summary.datasets.values():
         lines.extend(d.publish.describe() if d.publish else [])
-        lines.extend(f"{d.dataset_id}: FAILED {error}" for error in [d.catalog_error, *d.errors] if error)
+        lines.extend(failure_lines(d.dataset_id, [d.catalog_error, *d.errors]))
+    lines.extend(f"NO DATASET FOUND under source {uri}" for uri in summary.missing_sources)
+    errors = [e for d in summary.datasets.values() for e in (d.catalog_error, *d.errors, d.publish_error)]
+    if looks_like_credentials(errors):
+        lines.append(CREDENTIALS_HINT)
     if summary.run_record_uri:
         lines.append(f"run record: {summary.run_record_uri}")
     return "\n".join(lines)

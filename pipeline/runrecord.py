@@ -87,6 +87,11 @@ def public_config(config: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+# What a record's ``status`` says: still going (or killed without a word), ended normally, ended by
+# SIGTERM/SIGINT (committed work kept, the next run goes on from it), or ended by an unexpected error.
+RUN_STATUSES = ("running", "completed", "stopped", "broken")
+
+
 def new_run_id(now: datetime) -> str:
     """Sortable by start time, unique across hosts: ``20261125T013000Z-1a2b3c``."""
     return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
@@ -146,7 +151,13 @@ class RunRecord:
         return self.uri
 
     def finish(self, status: str, error: str = "") -> str:
-        """Stamps the end time and final status (``completed`` or ``broken``) and writes the record."""
+        """Stamps the end time and final status (``completed``, ``stopped`` or ``broken``) and writes it.
+
+        Raises:
+            ValueError: ``status`` is not one of :data:`RUN_STATUSES`.
+        """
+        if status not in RUN_STATUSES:
+            raise ValueError(f"run status {status!r} is not one of {RUN_STATUSES}")
         self.status, self.error, self.ended_at = status, error, datetime.now(UTC)
         return self.write()
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import numpy as np
 import ray
 import torch
+from transformers.utils import logging as hf_logging
 
 from pipeline.config import ModelConfig, ScoringConfig
 from pipeline.scoring.inputs import EpisodeClip
@@ -39,6 +40,9 @@ class ScoreEpisodes:
     """Scores a batch of decoded episodes with the cached TOPReward scorer."""
 
     def __init__(self, model: ModelConfig, scoring: ScoringConfig, threads: int | None = None) -> None:
+        # The weight-loading bars would land in the driver's log once per actor; the log line below says
+        # the same. (The run also sets HF_HUB_DISABLE_PROGRESS_BARS in the actor's runtime_env.)
+        hf_logging.disable_progress_bar()
         self.scorer = PrefixScorer(model, scoring)
         self.model_name = model.path
         loaded = self.scorer.loaded

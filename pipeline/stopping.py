@@ -1,0 +1,96 @@
+"""Clean stops: SIGTERM (what Kubernetes and ``ray job stop`` send) and SIGINT end a run on purpose.
+
+While :func:`stop_on_signals` is active, either signal raises :class:`RunStopped` in the main thread,
+wherever the run is (listing, scoring, publishing). The run then records ``stopped`` and the job exits
+with ``128 + signal`` (143 for SIGTERM, 130 for SIGINT), the code a shell or Kubernetes reports for a
+process ended by that signal. Nothing half-written becomes visible: every file a run commits or
+publishes is written in one step (``pipeline.atomic``), and the next run removes what a stopped run
+left behind (temp files, shards without a marker) and scores the rest.
+
+``ray.init`` installs a SIGTERM handler of its own in the driver (``sys.exit(15)``, which ends the
+process by SIGABRT once Ray's threads are torn down); :func:`reclaim_signals` puts ours back after
+Ray starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class RunStopped(BaseException):
+    """The run was asked to stop by a signal.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``) so that no ``except Exception`` on the way, the
+    pipeline's or Ray's, turns the stop into a failed episode.
+
+    Attributes:
+        signum: The signal that stopped the run.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+    @property
+    def exit_code(self) -> int:
+        """``128 + signal``: 143 for SIGTERM, 130 for SIGINT."""
+        return 128 + self.signum
+
+
+_stopping = threading.Event()
+
+
+def _handle(signum: int, frame: FrameType | None) -> None:
+    if _stopping.is_set():
+        log.warning("%s received again: already stopping", signal.Signals(signum).name)
+        return
+    _stopping.set()
+    log.warning("%s received: stopping the run", signal.Signals(signum).name)
+    raise RunStopped(signum)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def reclaim_signals() -> None:
+    """Puts the stop handler back after ``ray.init`` replaced it; a no-op outside :func:`stop_on_signals`."""
+    if _active and _in_main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _handle)
+
+
+_active = False
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT raise :class:`RunStopped` inside the block (main thread only; else a no-op).
+
+    A second signal while the run is stopping is logged and ignored, so the run record is still
+    written; the handlers found on entry are restored on exit.
+    """
+    global _active
+    if not _in_main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    _stopping.clear()
+    _active = True
+    try:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _handle)
+        yield
+    finally:
+        _active = False
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
