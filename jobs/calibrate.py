@@ -10,7 +10,11 @@ calibrate. Table and labels are read with ``output.storage_options='{...}'`` (as
 Success scores are decided (:func:`pipeline.decision.decide`) from the table's raw log P per prefix with
 the ``success.window`` of the run that published it (its run record; ``success.window=...`` overrides).
 Prints ROC-AUC of the success score and the threshold maximising Youden's J, ready to pass as
-``success.threshold=<value>`` to jobs.relabel, next to the threshold that run used.
+``success.threshold=<value>`` to jobs.relabel, next to the threshold that run used. ``--config FILE``
+gives settings as a YAML (they count as given); ``--print-config`` prints the settings it would use.
+
+Exit status: 0 calibrated and printed; 2 refused in one line (above, or a bad argument or setting);
+1 with a traceback: a bug.
 """
 
 from __future__ import annotations
@@ -27,8 +31,11 @@ from pipeline.calibration import (
     read_labels,
     read_scored,
 )
-from pipeline.config import ConfigError, load_config
-from pipeline.report.config import RunSettings, load_settings
+from pipeline.cli import Exit, Settings, job_parser, parse, print_config, refusals
+from pipeline.config import ConfigError, RelabelConfig, load_config
+from pipeline.report.config import RunSettings, load_settings, printed_settings
+
+JOB = "jobs.calibrate"
 
 
 def _print(result: Calibration, pairs: int, settings: RunSettings) -> None:
@@ -43,19 +50,37 @@ def _print(result: Calibration, pairs: int, settings: RunSettings) -> None:
     print(f"use: success.threshold={result.threshold:.4f}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print the calibration; exit 2 when the inputs cannot be calibrated."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def command_line(argv: list[str] | None) -> tuple[argparse.Namespace, RelabelConfig, RunSettings]:
+    """The arguments, the settings given, and the publishing run's settings under them.
+
+    Raises:
+        Exit: nothing to run: ``--help`` or ``--print-config`` printed (0), or refused in one line (2).
+    """
+    parser = job_parser(
+        JOB,
+        __doc__,
+        Settings(RelabelConfig, ("output", "success"), "settings it reads with (the run's, unless given)"),
     )
     parser.add_argument("episodes", help="episodes.parquet written by jobs.relabel (local path or URI)")
     parser.add_argument("labels", help="ground-truth labels: csv/parquet (episode_index,success) or json")
-    parser.add_argument("overrides", nargs="*", help="key=value (output.storage_options, success.window)")
-    args = parser.parse_args(argv)
+    with refusals(JOB):
+        command = parse(parser, argv, "settings, as listed below (output.storage_options, success.window)")
+        base = load_config(command.overrides)
+        dataset = posixpath.dirname(command.args.episodes)
+        settings = load_settings(dataset, command.overrides, base)
+    if command.print_config:
+        raise Exit(print_config(printed_settings(None, base, [(dataset, settings)])))
+    return command.args, base, settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the calibration; exit 2 when the inputs cannot be calibrated."""
     try:
-        base = load_config(args.overrides)
+        args, base, settings = command_line(argv)
+    except Exit as done:
+        return done.code
+    try:
         options = base.output.storage_options
-        settings = load_settings(posixpath.dirname(args.episodes), args.overrides, base)
         cfg = settings.cfg
         rows = read_scored(args.episodes, options, cfg.success, cfg.curation)
         labels = read_labels(args.labels, options)

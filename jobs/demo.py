@@ -7,7 +7,10 @@ It builds the tiny random Qwen3-VL and a synthetic LeRobot v3.0 dataset, starts 
 (``jobs.report``), copies the outputs to ``outputs/demo/`` for a look, prints the summary, stops the server
 and prints the path of the report. The model is random, so the
 numbers are meaningless; everything else (Ray Data, object storage, the parquet contracts, the curated
-dataset) is the production path. Extra ``key=value`` arguments override the relabel config.
+dataset) is the production path. Extra ``key=value`` arguments (and a ``--config FILE``) override the
+relabel settings the demo chooses; ``--print-config`` prints them without building or starting anything.
+
+Exit status: 0 the demo ran; 2 refused in one line (a bad argument or setting); 1 with a traceback: a bug.
 """
 
 from __future__ import annotations
@@ -19,11 +22,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pipeline.cli import Exit, Settings, job_parser, parse, print_config, refusals, run_job
+from pipeline.config import RelabelConfig, load_config
+
+JOB = "jobs.demo"
 PROJECT = Path(__file__).resolve().parent.parent
 CACHE = PROJECT / ".cache"
 OUTPUT = PROJECT / "outputs" / "demo"
 BUCKET_IN, BUCKET_OUT = "fleet", "fleet-labels"
 DATASET = "so100/pick_cube"
+MODEL_DIR = CACHE / "models" / "tiny-qwen3_vl-s0"
 # A loopback-only S3 endpoint: these are moto's throwaway credentials, not secrets.
 DEMO_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "demo",
@@ -49,8 +57,35 @@ def demo_overrides(model_dir: Path, endpoint: str) -> list[str]:
     ]
 
 
+def command_line(argv: list[str] | None) -> list[str]:
+    """The settings given on the command line (``--config`` entries, then ``key=value``), checked.
+
+    Raises:
+        Exit: nothing to run: ``--help`` or ``--print-config`` printed (0), or refused in one line (2).
+    """
+    parser = job_parser(
+        JOB, __doc__, Settings(RelabelConfig, title="relabel settings (key=value, over the demo's own)")
+    )
+    with refusals(JOB):
+        command = parse(parser, argv)
+        cfg = load_config(demo_overrides(MODEL_DIR, "http://127.0.0.1:<port>") + command.overrides)
+    if command.print_config:
+        note = "the demo run's settings; the S3 endpoint's port is chosen when the server starts"
+        raise Exit(print_config([(f"{JOB}: {note}", cfg)]))
+    return command.overrides
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the demo end to end; returns the relabel exit status."""
+    """Run the demo end to end; 0 when it ran, 2 refused in one line (see the module docstring)."""
+    try:
+        given = command_line(argv)
+    except Exit as done:
+        return done.code
+    return run_job(JOB, lambda: _demo(given))
+
+
+def _demo(given: list[str]) -> int:
+    """Build, serve, relabel, report, copy; the settings ``given`` override the demo's."""
     os.environ.update(DEMO_CREDENTIALS)
     os.environ.setdefault("HF_HOME", str(CACHE / "huggingface"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -66,12 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     from devkit.local_s3 import local_s3
     from devkit.synth import write_v30_dataset
     from devkit.tiny_model import ensure_tiny_model
-    from pipeline.config import load_config
     from pipeline.relabel import format_summary, run
     from pipeline.report import ReportJob, load_job_config, write_report
     from pipeline.storage import upload_dataset
 
-    model_dir = ensure_tiny_model(CACHE / "models" / "tiny-qwen3_vl-s0", "qwen3_vl", "tiny", 0)
+    model_dir = ensure_tiny_model(MODEL_DIR, "qwen3_vl", "tiny", 0)
     print(f"demo: tiny Qwen3-VL at {model_dir}")
     with local_s3(BUCKET_IN, BUCKET_OUT) as endpoint:
         fs = s3fs.S3FileSystem(endpoint_url=endpoint, use_listings_cache=False)
@@ -82,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             upload_dataset(local, fs, f"s3://{BUCKET_IN}/{DATASET}")
         print(f"demo: synthetic LeRobot v3.0 dataset uploaded to s3://{BUCKET_IN}/{DATASET} ({endpoint})")
 
-        overrides = demo_overrides(model_dir, endpoint) + list(sys.argv[1:] if argv is None else argv)
+        overrides = demo_overrides(model_dir, endpoint) + given
         cfg = load_config(overrides)
         summary = run(cfg)
         print(format_summary(summary))

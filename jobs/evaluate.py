@@ -14,7 +14,12 @@ The labels file maps episode_index to success, as for jobs.calibrate. The contro
 first frame repeated to the episode's length; shuffled frames) re-score ``evaluate.max_episodes``
 episodes. Prints a table and writes JSON to ``evaluate.out`` (default ``evaluation.json`` next to the
 episodes table); the table, the record and the JSON use ``output.storage_options``, the videos
-``source.storage_options`` (as recorded, without secrets, unless given).
+``source.storage_options`` (as recorded, without secrets, unless given). ``--config FILE`` gives settings
+as a YAML (they count as given, like ``key=value``); ``--print-config`` prints the settings it would use.
+
+Exit status: 0 evaluated and written; 2 refused in one line (a bad setting or argument, the table or
+labels not found, missing credentials, no run record and no ``model.path``, a model that cannot load);
+1 with a traceback: a bug.
 """
 
 from __future__ import annotations
@@ -24,17 +29,18 @@ import json
 import posixpath
 import sys
 
-from pipeline.atomic import write_bytes
-from pipeline.calibration import read_labels
-from pipeline.config import ConfigError, device_class
-from pipeline.evaluation import EvaluateJob, evaluate, format_evaluation, json_safe
+from pipeline.cli import Exit, Refused, Settings, job_parser, parse, print_config, refusals, run_job
+from pipeline.config import ConfigError, RelabelConfig, device_class
 from pipeline.layout import EPISODES_FILE, EVALUATION_FILE
-from pipeline.report.config import JobArgs, RunSettings, load_job_config
-from pipeline.report.outputs import read_episodes
+from pipeline.report.config import EvaluateJob, JobArgs, RunSettings, load_job_config, printed_settings
 from pipeline.storage import join_uri, redact
 
+JOB = "jobs.evaluate"
+# What the evaluation reads, decides and re-scores with; other relabel keys are accepted and checked.
+READ_SECTIONS = ("output", "source", "success", "curation", "model", "scoring", "frames", "prefixes")
 
-class EvaluateRefused(Exception):
+
+class EvaluateRefused(Refused):
     """The evaluation cannot run as asked; the message is the one line printed."""
 
 
@@ -74,6 +80,12 @@ def check_controls(settings: RunSettings) -> None:
 
 
 def _evaluate(args: argparse.Namespace, job_args: JobArgs[EvaluateJob]) -> int:
+    # pyarrow, scipy, torch and PyAV: only once there is something to evaluate.
+    from pipeline.atomic import write_bytes
+    from pipeline.calibration import read_labels
+    from pipeline.evaluation import evaluate, format_evaluation, json_safe
+    from pipeline.report.outputs import read_episodes
+
     options = job_args.base.output.storage_options
     uri = table_uri(args.episodes)
     try:
@@ -95,25 +107,41 @@ def _evaluate(args: argparse.Namespace, job_args: JobArgs[EvaluateJob]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Evaluate, print, write the JSON; exit 2 with one line on a config error or a missing input."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def command_line(argv: list[str] | None) -> tuple[argparse.Namespace, JobArgs[EvaluateJob]]:
+    """The evaluation's arguments and settings from the command line (``sys.argv[1:]`` when None).
+
+    Raises:
+        Exit: nothing to run: ``--help`` or ``--print-config`` printed (0), or refused in one line (2).
+    """
+    parser = job_parser(
+        JOB,
+        __doc__,
+        Settings(EvaluateJob, title="evaluate settings (key=value, or in a --config file)"),
+        Settings(RelabelConfig, READ_SECTIONS, "relabel settings it reads with (the run's, unless given)"),
     )
     parser.add_argument(
         "episodes", help="episodes.parquet written by jobs.relabel, or its dataset folder (path or URI)"
     )
     parser.add_argument("--labels", help="ground-truth labels: csv/parquet (episode_index,success) or json")
-    parser.add_argument("overrides", nargs="*", help="key=value settings (relabel keys and evaluate.*)")
-    args = parser.parse_intermixed_args(argv)  # --labels may come before or after the keys
-    try:
-        job_args = load_job_config(args.overrides, EvaluateJob)
+    with refusals(JOB):
+        command = parse(parser, argv, "settings: relabel keys and evaluate.*, as listed below")
+        job_args = load_job_config(command.overrides, EvaluateJob)
         if job_args.job.evaluate.max_episodes < 0:
             raise EvaluateRefused("evaluate.max_episodes must be >= 0")
-        return _evaluate(args, job_args)
-    except (ConfigError, EvaluateRefused) as err:
-        print(f"jobs.evaluate: {err}", file=sys.stderr)
-        return 2
+        if command.print_config:
+            dataset = posixpath.dirname(table_uri(command.args.episodes))
+            documents = [(dataset, job_args.settings(dataset))]
+            raise Exit(print_config(printed_settings(job_args.job, job_args.base, documents)))
+    return command.args, job_args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Evaluate, print, write the JSON; exit 2 with one line on a config error or a missing input."""
+    try:
+        args, job_args = command_line(argv)
+    except Exit as done:
+        return done.code
+    return run_job(JOB, lambda: _evaluate(args, job_args))
 
 
 if __name__ == "__main__":

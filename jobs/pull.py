@@ -41,16 +41,18 @@ from typing import Any
 
 from fsspec import AbstractFileSystem
 
-from pipeline.config import ConfigError, load_config, override_keys
+from pipeline.cli import Exit, Refused, Settings, job_parser, parse, print_config, refusals
+from pipeline.config import ConfigError, RelabelConfig, load_config, override_keys
 from pipeline.curated.pointer import resolve_curated
 from pipeline.layout import CURATED_DIR, DATASET_ID_PARTS, EPISODES_FILE, OUTPUT_MARKER, PROGRESS_FILE
 from pipeline.reader import EPISODES_DIR, INFO_PATH, MetadataError, read_dataset
-from pipeline.report.config import load_settings
+from pipeline.report.config import load_settings, printed_settings
 from pipeline.storage import filesystem_for, join_uri, list_files, list_folder, redact
 
 # LeRobot v3.0's tasks table (lerobot.datasets.utils.DEFAULT_TASKS_PATH), named here so that pull does not
 # import LeRobot.
 TASKS_PATH = "meta/tasks.parquet"
+JOB = "jobs.pull"
 # Exit status: 2 refused (bad argument, nothing there, not one dataset, credentials); 3 incomplete.
 EXIT_OK, EXIT_REFUSED, EXIT_INCOMPLETE = 0, 2, 3
 
@@ -300,30 +302,42 @@ def provenance(uri: str, overrides: list[str]) -> list[str]:
     return [f"published by run {settings.run_id}: {origins}"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Pull the outputs and print where LeRobot's trainer finds them; exit 2 refused, 3 incomplete."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+def command_line(argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """The arguments (``overrides``: what was given) and the storage options to read with.
+
+    Raises:
+        Exit: nothing to run: ``--help`` or ``--print-config`` printed (0), or refused in one line (2).
+    """
+    parser = job_parser(
+        JOB, __doc__, Settings(RelabelConfig, ("output",), "settings (output.* only; key=value or --config)")
     )
     parser.add_argument(
         "uri", help="<output.uri>/<dataset id>, e.g. s3://fleet-labels/topreward/so100/pick_cube"
     )
     parser.add_argument("dest", help="local folder")
-    parser.add_argument("overrides", nargs="*", help="output.storage_options='{...}' (as for jobs.relabel)")
-    args = parser.parse_args(argv)
-    ignored = [key for key in override_keys(args.overrides) if not key.startswith("output.")]
-    if ignored:
-        print(
-            f"jobs.pull: {', '.join(ignored)}: only output.* keys apply; the files are copied as the run "
-            "that published them decided them (jobs.report and jobs.evaluate take other settings)",
-            file=sys.stderr,
-        )
-        return 2
+    with refusals(JOB):
+        command = parse(parser, argv, "output.storage_options='{...}' (as for jobs.relabel)")
+        ignored = [key for key in override_keys(command.overrides) if not key.startswith("output.")]
+        if ignored:
+            named = ", ".join(ignored[:4]) + (f" and {len(ignored) - 4} more" if len(ignored) > 4 else "")
+            raise Refused(
+                f"{named}: only output.* keys apply; the files are copied as the run that published them "
+                "decided them (jobs.report and jobs.evaluate take other settings)"
+            )
+        base = load_config(command.overrides)
+        if command.print_config:
+            uri = command.args.uri.rstrip("/")
+            settings = load_settings(uri, command.overrides, base)
+            raise Exit(print_config(printed_settings(None, base, [(uri, settings)])))
+    return command.args, base.output.storage_options
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Pull the outputs and print where LeRobot's trainer finds them; exit 2 refused, 3 incomplete."""
     try:
-        options = load_config(args.overrides).output.storage_options
-    except ConfigError as err:
-        print(f"jobs.pull: {err}", file=sys.stderr)
-        return 2
+        args, options = command_line(argv)
+    except Exit as done:
+        return done.code
     try:
         files = pull(args.uri, args.dest, options)
         lines = provenance(args.uri, args.overrides)

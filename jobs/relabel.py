@@ -3,9 +3,11 @@
     python -m jobs.relabel source.uris='[s3://fleet/so100/pick_cube]' output.uri=s3://fleet-labels/topreward
     ray job submit --working-dir . -- python -m jobs.relabel source.uris='[...]' output.uri=...
 
-Any key of conf/relabel.yaml can be overridden as ``key=value``. Under ``ray job submit`` it joins the
-cluster it was submitted to; standalone it starts a local Ray. Episodes already committed for the same
-config are skipped, so re-running (or running nightly) scores only what is new or changed.
+Settings merge as defaults < conf/relabel.yaml < ``--config FILE`` < ``key=value``; ``--print-config``
+prints the result (secrets masked) without running, ``--help`` lists every setting. Under ``ray job
+submit`` it joins the cluster it was submitted to; standalone it starts a local Ray. Episodes already
+committed for the same config are skipped, so re-running (or running nightly) scores only what is new or
+changed.
 
 Exit status (what a scheduler reads):
 
@@ -23,9 +25,10 @@ from __future__ import annotations
 import logging
 import sys
 
-from pipeline.config import ConfigError, load_config
-from pipeline.relabel import format_summary, run
+from pipeline.cli import Exit, Settings, job_parser, parse, print_config, refusals
+from pipeline.config import ConfigError, RelabelConfig, load_config
 
+JOB = "jobs.relabel"
 EXIT_OK, EXIT_BROKEN, EXIT_REFUSED, EXIT_FAILURES = 0, 1, 2, 3
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -46,13 +49,30 @@ def configure_logging(level: str) -> None:
     logger.propagate = False
 
 
+def command_line(argv: list[str] | None) -> RelabelConfig:
+    """The run's config from the command line (``sys.argv[1:]`` when ``argv`` is None).
+
+    Raises:
+        Exit: nothing to run: ``--help`` or ``--print-config`` printed (0), or refused in one line (2).
+    """
+    parser = job_parser(JOB, __doc__, Settings(RelabelConfig))
+    with refusals(JOB):
+        command = parse(parser, argv)
+        cfg = load_config(command.overrides)
+    if command.print_config:
+        origin = "defaults < conf/relabel.yaml < --config < key=value"
+        raise Exit(print_config([(f"{JOB}: the settings a run would use ({origin})", cfg)]))
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the relabel job and return its exit status (see the module docstring)."""
     try:
-        cfg = load_config(sys.argv[1:] if argv is None else argv)
-    except ConfigError as err:
-        print(f"jobs.relabel: {err}", file=sys.stderr)
-        return EXIT_REFUSED
+        cfg = command_line(argv)
+    except Exit as done:
+        return done.code
+    from pipeline.relabel import format_summary, run  # Ray and torch load only for a run
+
     configure_logging(cfg.job.log_level)
     try:
         summary = run(cfg)

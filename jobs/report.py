@@ -8,31 +8,74 @@ video (``output.storage_options`` and ``source.storage_options`` as for jobs.rel
 ``report.out``, by default ``<output.uri>/_report/``; open ``index.html`` in a browser, no server needed.
 Each dataset's success and curation are decided with the settings of the run that published it (its run
 record); a ``key=value`` given here (``success.threshold=-3``) overrides them, and the pages say which
-setting came from where.
+setting came from where. ``--config FILE`` gives settings as a YAML (they count as given, like
+``key=value``); ``--print-config`` prints, per dataset, the settings the report would use.
+
+Exit codes: 0 written; 2 refused in one line (a config error, a dataset= not found; nothing written).
 """
 
 from __future__ import annotations
 
 import sys
 
-from pipeline.config import ConfigError
-from pipeline.report import ReportJob, load_job_config, write_report
+from pipeline.cli import Exit, Settings, job_parser, parse, print_config, refusals
+from pipeline.config import ConfigError, RelabelConfig
+from pipeline.report.config import JobArgs, ReportJob, load_job_config, printed_settings
+
+JOB = "jobs.report"
+# What the report reads and decides with; other relabel keys are accepted and checked.
+READ_SECTIONS = ("output", "source", "success", "curation")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Write the report and print each dataset's settings and the index page's URI; exit 2 on a config
     error."""
-    overrides = list(sys.argv[1:] if argv is None else argv)
-    if any(arg in ("-h", "--help") for arg in overrides):
-        print(__doc__)
-        return 0
     try:
-        index = write_report(load_job_config(overrides, ReportJob), progress=print)
+        job_args = command_line(argv)
+    except Exit as done:
+        return done.code
+    from pipeline.report import write_report  # matplotlib and PyAV: only for a report
+
+    try:
+        index = write_report(job_args, progress=print)
     except ConfigError as err:
         print(f"jobs.report: {err}", file=sys.stderr)
         return 2
     print(f"report: {index}", flush=True)
     return 0
+
+
+def command_line(argv: list[str] | None) -> JobArgs[ReportJob]:
+    """The report's settings from the command line (``sys.argv[1:]`` when ``argv`` is None).
+
+    Raises:
+        Exit: nothing to run: ``--help`` or ``--print-config`` printed (0), or refused in one line (2).
+    """
+    parser = job_parser(
+        JOB,
+        __doc__,
+        Settings(ReportJob, title="report settings (key=value, or in a --config file)"),
+        Settings(RelabelConfig, READ_SECTIONS, "relabel settings it reads with (the run's, unless given)"),
+    )
+    with refusals(JOB):
+        command = parse(parser, argv)
+        job_args = load_job_config(command.overrides, ReportJob)
+        if command.print_config:
+            raise Exit(print_config(_settings_documents(job_args)))
+    return job_args
+
+
+def _settings_documents(job_args: JobArgs[ReportJob]) -> list[tuple[str, object]]:
+    """The job's settings, then each dataset's as it would be decided (its run's record, overrides)."""
+    from pipeline.layout import OutputLayout
+    from pipeline.report.outputs import find_datasets
+
+    base = job_args.base
+    datasets = find_datasets(base.output.uri, base.output.storage_options)
+    if job_args.job.dataset is not None:
+        datasets = [name for name in datasets if name == job_args.job.dataset]
+    uris = [OutputLayout(base.output.uri).dataset(name).base for name in datasets]
+    return printed_settings(job_args.job, base, [(uri, job_args.settings(uri)) for uri in uris])
 
 
 if __name__ == "__main__":

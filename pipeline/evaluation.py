@@ -22,7 +22,7 @@ video; the gaps are reported as numbers, not judged against a cut-off.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -33,28 +33,12 @@ from pipeline.config import CurationConfig, RelabelConfig, SuccessConfig, config
 from pipeline.decision import decide, decide_row
 from pipeline.frames.decode import decode_episode
 from pipeline.labels import minmax_normalize, value_order_correlation
-from pipeline.report.config import DECISION_KEYS, SCORING_KEYS, RunSettings
+from pipeline.report.config import DECISION_KEYS, SCORING_KEYS, EvaluateConfig, RunSettings
 from pipeline.report.outputs import list_source
 from pipeline.scoring.inputs import EpisodeClip
 from pipeline.scoring.scorer import PrefixScorer
 
 VARIANTS = ("real", "static", "shuffled")
-
-
-@dataclass(frozen=True)
-class EvaluateConfig:
-    """How much of the table the model controls re-score, and where the results go."""
-
-    max_episodes: int = 8  # episodes re-scored for the controls (three scorer calls each)
-    seed: int = 0  # frame order of the shuffled control
-    out: str | None = None  # JSON file; None: evaluation.json next to the episodes table
-
-
-@dataclass(frozen=True)
-class EvaluateJob:
-    """``python -m jobs.evaluate`` keys besides the relabel ones."""
-
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 def static_clip(clip: EpisodeClip) -> EpisodeClip:

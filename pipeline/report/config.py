@@ -16,12 +16,11 @@ in either half stops the job naming the key. ``output.*`` always describes where
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from omegaconf import OmegaConf
-
-from pipeline.config import RelabelConfig, config_with_recorded, load_config, structured_config
+from pipeline.config import RelabelConfig, config_with_recorded, dotlist, load_config, structured_config
 from pipeline.runrecord import published_settings
 from pipeline.storage import redact
 
@@ -46,21 +45,60 @@ SCORING_KEYS = (
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """How the HTML report is drawn and where it goes."""
+    """How the HTML report is drawn and where it goes.
 
-    out: str | None = None  # folder for index.html and one page per dataset; None: <output.uri>/_report
-    strip_frames: int = 6  # frames shown per episode, evenly spaced from first to last
-    thumb_height: int = 72  # pixels; the width follows the camera's aspect ratio
-    max_episodes: int = 200  # per-episode sections per dataset page (dataset plots always use all)
+    Attributes:
+        out: Folder for index.html and one page per dataset; null = <output.uri>/_report.
+        strip_frames: Frames shown per episode, evenly spaced from first to last.
+        thumb_height: Frame height in pixels; the width follows the camera's aspect ratio.
+        max_episodes: Per-episode sections per dataset page (dataset plots always use all).
+        dpi: Resolution of the plots.
+    """
+
+    out: str | None = None
+    strip_frames: int = 6
+    thumb_height: int = 72
+    max_episodes: int = 200
     dpi: int = 80
 
 
 @dataclass(frozen=True)
 class ReportJob:
-    """``python -m jobs.report`` keys besides the relabel ones."""
+    """``python -m jobs.report`` keys besides the relabel ones.
 
-    dataset: str | None = None  # one dataset id (e.g. so100/pick_cube); None: every dataset found
+    Attributes:
+        dataset: One dataset id (e.g. so100/pick_cube); null = every dataset found.
+        report: How the HTML report is drawn and where it goes.
+    """
+
+    dataset: str | None = None
     report: ReportConfig = field(default_factory=ReportConfig)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """How much of the table the model controls re-score, and where the results go.
+
+    Attributes:
+        max_episodes: Episodes re-scored for the controls (three scorer calls each); 0 = none.
+        seed: Frame order of the shuffled control.
+        out: JSON file for the results; null = evaluation.json next to the episodes table.
+    """
+
+    max_episodes: int = 8
+    seed: int = 0
+    out: str | None = None
+
+
+@dataclass(frozen=True)
+class EvaluateJob:
+    """``python -m jobs.evaluate`` keys besides the relabel ones.
+
+    Attributes:
+        evaluate: How much the controls re-score, and where the results go.
+    """
+
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 def format_value(value: Any) -> str:
@@ -167,7 +205,7 @@ def load_job_config[JobT](overrides: list[str], schema: type[JobT]) -> JobArgs[J
     own = [item for item in overrides if item.split("=", 1)[0].split(".", 1)[0] in own_keys]
     relabel = [item for item in overrides if item not in own]
     base = load_config(relabel)
-    return JobArgs(base, relabel, structured_config(schema, OmegaConf.from_dotlist(own)))
+    return JobArgs(base, relabel, structured_config(schema, dotlist(own)))
 
 
 def load_settings(dataset_uri: str, overrides: list[str], base: RelabelConfig) -> RunSettings:
@@ -201,3 +239,26 @@ def load_settings(dataset_uri: str, overrides: list[str], base: RelabelConfig) -
         explicit=tuple(explicit),
         missing=missing,
     )
+
+
+def printed_settings(
+    job: Any, base: RelabelConfig, datasets: Sequence[tuple[str, RunSettings]]
+) -> list[tuple[str, Any]]:
+    """What a reader job's ``--print-config`` prints: ``(comment, settings)`` YAML documents.
+
+    First the job's own settings and ``output`` (where it reads), then per dataset the settings it would
+    decide and score with: the publishing run's recorded config under what was given (``--config`` and
+    ``key=value``), secrets masked when printed (:func:`pipeline.cli.print_config`).
+
+    Args:
+        job: the job's own settings (a dataclass instance, e.g. :class:`ReportJob`), or None.
+        base: the defaults under what was given; its ``output`` is where the job reads.
+        datasets: ``(dataset URI, its settings)`` for each dataset the job would read.
+    """
+    own = {**(asdict(job) if job is not None else {}), "output": asdict(base.output)}
+    documents: list[tuple[str, Any]] = [("the job's own settings; output: where it reads", own)]
+    for uri, settings in datasets:
+        source = f"run {settings.run_id}'s record" if settings.run_id else f"defaults ({settings.missing})"
+        given = ", ".join(settings.explicit) or "none"
+        documents.append((f"{uri}: settings from {source}\ngiven: {given}", settings.cfg))
+    return documents

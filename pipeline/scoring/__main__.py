@@ -3,32 +3,36 @@
     python -m pipeline.scoring --video clip.mp4 --task "pick up the cube" [key=value ...]
     python -m pipeline.scoring --dataset s3://fleet/so100/pick_cube --episode 3 [key=value ...]
 
-``key=value`` arguments override conf/relabel.yaml (e.g. ``model.path=/models/tiny frames.fps=4``).
+``key=value`` arguments override conf/relabel.yaml (e.g. ``model.path=/models/tiny frames.fps=4``),
+over a ``--config FILE`` if given; ``--print-config`` prints the settings without scoring.
 The episode goes through the same decode, cached scorer and labels as the pipeline.
+
+Exit status: 0 scored; 1 the episode could not be decoded or scored to a finite success score; 2 refused
+in one line (a bad argument or setting, the video or dataset not found, missing credentials); a
+traceback: a bug.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import replace
 from typing import Any
 
-import av
-import numpy as np
-
-from pipeline.catalog import list_episodes
-from pipeline.config import ConfigError, RelabelConfig, load_config
-from pipeline.decision import DECISION_COLUMNS, decide_row
-from pipeline.frames.decode import decode_episode
-from pipeline.scoring.inputs import EpisodeClip
-from pipeline.scoring.scorer import PrefixScorer
-from pipeline.stages.label import label_episode
+from pipeline.cli import Exit, Settings, job_parser, parse, print_config, refusals, run_job
+from pipeline.config import RelabelConfig, load_config
 from pipeline.storage import filesystem_for
+
+JOB = "pipeline.scoring"
+# What one episode is read, scored and decided with; other keys are accepted and checked.
+USED_SECTIONS = ("source", "frames", "prefixes", "model", "scoring", "success", "curation")
 
 
 def video_file_row(uri: str, task: str, storage_options: dict[str, Any]) -> dict[str, Any]:
     """A catalog-shaped row for a plain video file (one episode, the whole file)."""
+    import av
+
     fs, path = filesystem_for(uri, storage_options)
     with fs.open(path, "rb") as f, av.open(f) as container:
         stream = container.streams.video[0]
@@ -42,6 +46,8 @@ def video_file_row(uri: str, task: str, storage_options: dict[str, Any]) -> dict
 
 def dataset_row(cfg: RelabelConfig, uri: str, episode: int) -> dict[str, Any]:
     """The catalog row of one dataset episode."""
+    from pipeline.catalog import list_episodes
+
     source = replace(cfg.source, uris=[uri], episodes=[episode])
     rows = [record.to_row() for record in list_episodes(source)]
     if not rows:
@@ -68,23 +74,44 @@ def format_table(row: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Score one episode; exit 2 on bad arguments, 1 if the episode cannot be scored."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def command_line(argv: list[str] | None) -> tuple[argparse.Namespace, RelabelConfig]:
+    """What to score and the settings to score it with (``sys.argv[1:]`` when ``argv`` is None).
+
+    Raises:
+        Exit: nothing to run: ``--help`` or ``--print-config`` printed (0), or refused in one line (2).
+    """
+    parser = job_parser(JOB, __doc__, Settings(RelabelConfig, USED_SECTIONS))
     what = parser.add_mutually_exclusive_group(required=True)
     what.add_argument("--video", help="a video file (local path or URI)")
     what.add_argument("--dataset", help="a LeRobot dataset root (local path or URI)")
     parser.add_argument("--task", help="instruction text (required with --video)")
     parser.add_argument("--episode", type=int, default=0, help="episode index (with --dataset)")
-    args, overrides = parser.parse_known_args(argv)
-    try:
-        cfg = load_config(overrides)
-    except ConfigError as err:
-        parser.error(str(err))
-    if args.video and not args.task:
+    with refusals(JOB):
+        command = parse(parser, argv)
+        cfg = load_config(command.overrides)
+    if command.args.video and not command.args.task:
         parser.error("--task is required with --video")
+    if command.print_config:
+        raise Exit(print_config([(f"{JOB}: the settings the episode would be scored with", cfg)]))
+    return command.args, cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Score one episode; exit 2 on bad arguments, 1 if the episode cannot be scored."""
+    try:
+        args, cfg = command_line(argv)
+    except Exit as done:
+        return done.code
+    return run_job(JOB, lambda: _score(args, cfg))
+
+
+def _score(args: argparse.Namespace, cfg: RelabelConfig) -> int:
+    """Decode, score, label and decide the episode; print its table."""
+    from pipeline.decision import DECISION_COLUMNS, decide_row
+    from pipeline.frames.decode import decode_episode
+    from pipeline.scoring.inputs import EpisodeClip
+    from pipeline.scoring.scorer import PrefixScorer
+    from pipeline.stages.label import label_episode
 
     if args.video:
         row = video_file_row(args.video, args.task, cfg.source.storage_options)
@@ -92,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         row = dataset_row(cfg, args.dataset, args.episode)
     row = decode_episode(row, cfg.frames, cfg.prefixes, cfg.source.storage_options, cfg.source.block_size)
     if row["status"] != "ok":
-        print(f"pipeline.scoring: {row['error']}", file=sys.stderr)
+        print(f"{JOB}: {row['error']}", file=sys.stderr)
         return 1
     scores = PrefixScorer(cfg.model, cfg.scoring).score(EpisodeClip.from_row(row), row["task"])
     row.update(log_p_true=scores.log_p_true, log_p_false=scores.log_p_false)
@@ -100,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     row.update(zip(DECISION_COLUMNS, decide_row(row, cfg.success, cfg.curation), strict=True))
     print(f"{row['task']!r}: {row['length']} frames at {row['fps']:g} fps, model {cfg.model.path}")
     print(format_table(row))
-    return 0 if np.isfinite(row["success_score"]) else 1
+    return 0 if math.isfinite(row["success_score"]) else 1
 
 
 if __name__ == "__main__":
