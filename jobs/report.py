@@ -19,7 +19,7 @@ from __future__ import annotations
 import sys
 
 from pipeline.cli import Exit, Settings, job_parser, parse, print_config, refusals
-from pipeline.config import ConfigError, RelabelConfig
+from pipeline.config import RelabelConfig
 from pipeline.report.config import JobArgs, ReportJob, load_job_config, printed_settings
 
 JOB = "jobs.report"
@@ -37,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.report import write_report  # matplotlib and PyAV: only for a report
 
     try:
-        index = write_report(job_args, progress=print)
-    except ConfigError as err:
-        print(f"jobs.report: {err}", file=sys.stderr)
-        return 2
+        with refusals(JOB):  # a config error, credentials missing: one line, exit 2
+            index = write_report(job_args, progress=print)
+    except Exit as done:
+        return done.code
     print(f"report: {index}", flush=True)
     return 0
 
