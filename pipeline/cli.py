@@ -105,7 +105,7 @@ class JobParser(argparse.ArgumentParser):
         self.add_argument(
             "--config",
             metavar="FILE",
-            help="a YAML of settings (local path or URI), merged over conf/relabel.yaml; key=value wins",
+            help="a YAML of settings (local path or URI): over the defaults, under key=value",
         )
         self.add_argument(
             "--print-config",
