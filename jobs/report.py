@@ -11,7 +11,12 @@ record); a ``key=value`` given here (``success.threshold=-3``) overrides them, a
 setting came from where. ``--config FILE`` gives settings as a YAML (they count as given, like
 ``key=value``); ``--print-config`` prints, per dataset, the settings the report would use.
 
-Exit codes: 0 written; 2 refused in one line (a config error, a dataset= not found; nothing written).
+The index (``index.html``) is the fleet page: totals, the trend over the runs under ``_runs/``, and every
+dataset, failing ones first. A dataset whose files cannot be read does not stop the report: it is
+printed and listed on the index with the file and the reason. ``dataset=`` rewrites only that
+dataset's page and leaves the index as it was. Exit codes: 0 every dataset written; 2 refused in one
+line (a config error, a dataset= not found; nothing written); 3 some dataset not readable (every other
+one written, the unreadable ones printed and listed on the index).
 """
 
 from __future__ import annotations
@@ -26,22 +31,36 @@ JOB = "jobs.report"
 # What the report reads and decides with; other relabel keys are accepted and checked.
 READ_SECTIONS = ("output", "source", "success", "curation")
 
+# Some dataset could not be read (listed on the index page and printed); every other page was written.
+EXIT_UNREADABLE = 3
+
 
 def main(argv: list[str] | None = None) -> int:
-    """Write the report and print each dataset's settings and the index page's URI; exit 2 on a config
-    error."""
+    """Write the report and print each dataset's settings and the index page's URI.
+
+    Returns 0 when every dataset was written, 2 on a config error (nothing written), and
+    :data:`EXIT_UNREADABLE` (3) when some dataset could not be read: the others are written, and the
+    unreadable ones are printed and listed on the index page (file and reason)."""
     try:
         job_args = command_line(argv)
     except Exit as done:
         return done.code
-    from pipeline.report import write_report  # matplotlib and PyAV: only for a report
+    from pipeline.report import run_report  # matplotlib and PyAV: only for a report
 
     try:
         with refusals(JOB):  # a config error, credentials missing: one line, exit 2
-            index = write_report(job_args, progress=print)
+            result = run_report(job_args, progress=print)
     except Exit as done:
         return done.code
-    print(f"report: {index}", flush=True)
+    print(f"report: {result.uri}", flush=True)
+    if result.unreadable:
+        print(
+            f"jobs.report: {len(result.unreadable)} dataset(s) not readable, {len(result.written)} written:",
+            *(f"  {u.line()}" for u in result.unreadable),
+            sep="\n",
+            file=sys.stderr,
+        )
+        return EXIT_UNREADABLE
     return 0
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import html
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +25,7 @@ from devkit.synth import frame_code, write_v21_dataset
 from jobs.report import main as report_main
 from pipeline.config import load_config
 from pipeline.layout import RECORD_FILE
+from pipeline.quality import QualityConfig, delete_command, flagged_episodes
 from pipeline.relabel import run
 from pipeline.report import ReportConfig
 from pipeline.report.outputs import find_datasets, list_source, read_episodes
@@ -65,15 +68,21 @@ class _Cells(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.rows: list[list[str]] = []
+        self.in_cell = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "tr":
             self.rows.append([])
         elif tag in ("td", "th"):
             self.rows[-1].append("")
+            self.in_cell = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("td", "th"):
+            self.in_cell = False
 
     def handle_data(self, data: str) -> None:
-        if self.rows and self.rows[-1]:
+        if self.in_cell:
             self.rows[-1][-1] += data
 
 
@@ -187,6 +196,21 @@ def test_pages_hold_one_plot_per_scored_episode_and_the_dataset_plots(relabelled
     assert text.count("frames not shown") == 1
     assert "file not found" in text
     assert raw.count("<span class='yes'>success</span>") == 2
+
+
+def test_dataset_page_lists_flagged_episodes_and_the_delete_command(relabelled, report):
+    # Episode 1's video is garbage: flagged "decode failed"; the command removes every flagged episode
+    # from the (local) source root.
+    raw = (report / f"{DATASET}.html").read_text(encoding="utf-8")
+    flags = flagged_episodes(relabelled["rows"], QualityConfig(), load_config([]).success.window)
+    assert flags["decode_failed"] == [CORRUPT]
+    row = re.search(r"<tr data-flag='decode_failed'>(.*?)</tr>", raw).group(1)
+    assert f"href='#episode-{CORRUPT}'" in row
+    flagged = sorted({i for indices in flags.values() for i in indices})
+    command = html.unescape(re.search(r"<pre class='command' id='delete-command'>(.*?)</pre>", raw).group(1))
+    assert command == delete_command(DATASET, str(relabelled["root"]), flagged)
+    assert "v2.1 dataset must be converted first" in raw
+    assert _index_row(report)["flagged"] == str(len(flagged))
 
 
 def _index_row(report: Path) -> dict[str, str]:

@@ -15,7 +15,9 @@ _EXPORTS = {
     "ReportConfig": "pipeline.report.config",
     "ReportJob": "pipeline.report.config",
     "RunSettings": "pipeline.report.config",
+    "ReportResult": "pipeline.report.pages",
     "load_job_config": "pipeline.report.config",
+    "run_report": "pipeline.report.pages",
     "write_report": "pipeline.report.pages",
 }
 

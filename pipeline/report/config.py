@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from pipeline.config import RelabelConfig, config_with_recorded, dotlist, load_config, structured_config
+from pipeline.quality import QualityConfig
 from pipeline.runrecord import published_settings
 from pipeline.storage import redact
 
@@ -53,6 +54,7 @@ class ReportConfig:
         thumb_height: Frame height in pixels; the width follows the camera's aspect ratio.
         max_episodes: Per-episode sections per dataset page (dataset plots always use all).
         dpi: Resolution of the plots.
+        quality: Thresholds of the quality flags.
     """
 
     out: str | None = None
@@ -60,6 +62,7 @@ class ReportConfig:
     thumb_height: int = 72
     max_episodes: int = 200
     dpi: int = 80
+    quality: QualityConfig = field(default_factory=QualityConfig)
 
 
 @dataclass(frozen=True)

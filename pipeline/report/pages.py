@@ -19,6 +19,7 @@ from pipeline.atomic import write_bytes
 from pipeline.config import ConfigError, RelabelConfig
 from pipeline.frames.decode import decode_frames
 from pipeline.layout import EPISODES_FILE, OutputLayout
+from pipeline.quality import flagged_episodes
 from pipeline.report.config import (
     DECISION_KEYS,
     JobArgs,
@@ -27,6 +28,8 @@ from pipeline.report.config import (
     RunSettings,
     format_value,
 )
+from pipeline.report.flagged import flagged_count, flags_section
+from pipeline.report.fleet import FleetLine, Trend, Unreadable, fleet_page
 from pipeline.report.outputs import (
     DecidedEpisodes,
     SourceEpisodes,
@@ -36,52 +39,15 @@ from pipeline.report.outputs import (
     read_decided,
 )
 from pipeline.report.plots import episode_figure, success_histogram, voc_histogram
+from pipeline.report.shell import page
+from pipeline.runrecord import read_run_records
 from pipeline.storage import join_uri, redact
 
 INDEX_FILE = "index.html"
 
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 980px; color: #222; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 1.6em; } h3 { font-size: 1em; margin: 0; }
-table { border-collapse: collapse; margin: 0.5em 0; }
-td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
-.figures { display: flex; flex-wrap: wrap; gap: 1em; }
-.episode { border: 1px solid #ddd; border-radius: 6px; padding: 0.6em; margin: 0.8em 0; }
-.episode.failed { border-color: #d62728; }
-.meta, .note { font-size: 0.9em; color: #555; margin: 0.3em 0; }
-.error { color: #b00; font-family: monospace; white-space: pre-wrap; }
-.yes { color: #2ca02c; font-weight: bold; } .no { color: #d62728; font-weight: bold; }
-img { max-width: 100%; }
-"""
-
-
-@dataclass(frozen=True)
-class DatasetSummary:
-    """One line of the index page."""
-
-    dataset_id: str
-    page: str  # path relative to the report folder
-    episodes: int
-    ok: int
-    failed: int
-    successes: int
-    selected: int  # decided under the settings shown
-    curated: int | None  # in the published curated version
-    threshold: float
-    origin: str  # the run whose settings decided, or why the defaults did
-
 
 def _finite(value: Any) -> bool:
     return value is not None and math.isfinite(value)
-
-
-def _page(title: str, body: list[str]) -> str:
-    return (
-        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head>\n<body>\n"
-        + "\n".join(body)
-        + "\n</body></html>\n"
-    )
 
 
 def episode_thumbnails(
@@ -189,28 +155,30 @@ def settings_paragraphs(settings: RunSettings) -> list[str]:
 
 
 def _summary(
-    dataset_id: str, decided: DecidedEpisodes, curated: int | None, settings: RunSettings
-) -> DatasetSummary:
+    dataset_id: str, decided: DecidedEpisodes, curated: int | None, settings: RunSettings, flagged: int
+) -> FleetLine:
     rows = decided.rows
     ok = [row for row in rows if row["status"] == "ok"]
     origin = f"run {settings.run_id}" if settings.run_id else settings.missing
     if settings.overridden(("success.threshold",)):
         origin = f"command line ({origin})"
-    return DatasetSummary(
-        dataset_id,
-        f"{dataset_id}.html",
-        len(rows),
-        len(ok),
-        len(rows) - len(ok),
-        sum(bool(row["success"]) for row in ok),
-        sum(bool(row["selected"]) for row in ok),
-        curated,
-        settings.cfg.success.threshold,
-        origin,
+    return FleetLine(
+        dataset_id=dataset_id,
+        page=f"{dataset_id}.html",
+        episodes=len(rows),
+        ok=len(ok),
+        failed=len(rows) - len(ok),
+        successes=sum(bool(row["success"]) for row in ok),
+        selected=sum(bool(row["selected"]) for row in ok),
+        curated=curated,
+        flagged=flagged,
+        threshold=settings.cfg.success.threshold,
+        origin=origin,
+        run_id=settings.run_id,
     )
 
 
-def _counts_table(summary: DatasetSummary, decided: DecidedEpisodes) -> list[str]:
+def _counts_table(summary: FleetLine, decided: DecidedEpisodes) -> list[str]:
     curated = "none published" if summary.curated is None else str(summary.curated)
     body = [
         "<table><tr><th>episodes</th><th>scored</th><th>failed</th><th>success at threshold</th>"
@@ -274,8 +242,8 @@ def dataset_page(
     curated: int | None,
     settings: RunSettings,
     rcfg: ReportConfig,
-) -> tuple[str, DatasetSummary]:
-    """The HTML page of one dataset and its line for the index.
+) -> tuple[str, FleetLine]:
+    """The HTML page of one dataset and its line on the fleet page.
 
     Args:
         dataset_id: e.g. ``so100/pick_cube``.
@@ -286,7 +254,8 @@ def dataset_page(
     """
     cfg, rows = settings.cfg, decided.rows
     ok = [row for row in rows if row["status"] == "ok"]
-    summary = _summary(dataset_id, decided, curated, settings)
+    flags = flagged_episodes(rows, rcfg.quality, cfg.success.window)
+    summary = _summary(dataset_id, decided, curated, settings, flagged_count(flags))
     models = sorted({str(row.get("model")) for row in ok if row.get("model")})
     body = [
         "<p><a href='../index.html'>← all datasets</a></p>",
@@ -297,6 +266,7 @@ def dataset_page(
         *settings_paragraphs(settings),
         *_dataset_figures(ok, cfg, rcfg),
         *_failed_section([row for row in rows if row["status"] != "ok"]),
+        *flags_section(dataset_id, rows, flags, rcfg.quality, cfg.success.window),
     ]
     shown = rows[: rcfg.max_episodes]
     body.append(f"<h2>Episodes ({len(shown)} of {len(rows)} shown)</h2>")
@@ -306,58 +276,105 @@ def dataset_page(
     if shown and source.error:
         body.append(f"<p class='note'>frames: {html.escape(source.error)}</p>")
     body.extend(_episode_section(row, source, cfg, rcfg) for row in shown)
-    return _page(f"TOPReward report: {dataset_id}", body), summary
-
-
-def index_page(output_uri: str, summaries: list[DatasetSummary], overrides: list[str]) -> str:
-    """The index: one line per dataset with its counts, the threshold that decided them, and a link."""
-    given = ", ".join(item for item in overrides if not item.startswith("output."))
-    body = [
-        "<h1>TOPReward labels</h1>",
-        f"<p class='meta'>outputs: {html.escape(output_uri)} · each dataset decided with the settings of "
-        f"the run that published it{f', under {html.escape(given)}' if given else ''} · "
-        f"written {datetime.now(UTC):%Y-%m-%d %H:%M} UTC</p>",
-        "<table id='datasets'><tr><th>dataset</th><th>episodes</th><th>scored</th><th>failed</th>"
-        "<th>success</th><th>selected</th><th>curated</th><th>threshold</th><th>settings from</th></tr>",
-    ]
-    body.extend(
-        f"<tr><td><a href='{html.escape(s.page)}'>{html.escape(s.dataset_id)}</a></td><td>{s.episodes}</td>"
-        f"<td>{s.ok}</td><td>{s.failed}</td><td>{s.successes}</td><td>{s.selected}</td>"
-        f"<td>{'none' if s.curated is None else s.curated}</td><td>{format_value(s.threshold)}</td>"
-        f"<td>{html.escape(s.origin)}</td></tr>"
-        for s in summaries
-    )
-    body.append("</table>")
-    if not summaries:
-        body.append(f"<p>No dataset: no &lt;robot&gt;/&lt;task&gt;/{EPISODES_FILE} under the outputs.</p>")
-    return _page("TOPReward labels", body)
+    return page(f"TOPReward report: {dataset_id}", body), summary
 
 
 def _check(rcfg: ReportConfig) -> None:
-    for ok, message in (
-        (rcfg.strip_frames >= 1, "report.strip_frames must be >= 1"),
-        (rcfg.thumb_height >= 8, "report.thumb_height must be >= 8"),
-        (rcfg.max_episodes >= 0, "report.max_episodes must be >= 0"),
-        (rcfg.dpi >= 10, "report.dpi must be >= 10"),
-    ):
-        if not ok:
-            raise ConfigError(message)
+    problems = [
+        message
+        for ok, message in (
+            (rcfg.strip_frames >= 1, "report.strip_frames must be >= 1"),
+            (rcfg.thumb_height >= 8, "report.thumb_height must be >= 8"),
+            (rcfg.max_episodes >= 0, "report.max_episodes must be >= 0"),
+            (rcfg.dpi >= 10, "report.dpi must be >= 10"),
+        )
+        if not ok
+    ]
+    problems += rcfg.quality.check()
+    if problems:
+        raise ConfigError(problems[0])
 
 
-def write_report(args: JobArgs[ReportJob], progress: Callable[[str], None] | None = None) -> str:
-    """Write the report of every dataset under ``output.uri`` (or only ``job.dataset``).
+@dataclass(frozen=True)
+class ReportResult:
+    """What a report wrote.
+
+    Attributes:
+        uri: The page to open: the fleet index, or the one dataset's page when ``dataset=`` was given.
+        written: One line per dataset whose page was written.
+        unreadable: The datasets that could not be read (file and reason); their pages were not written.
+    """
+
+    uri: str
+    written: list[FleetLine]
+    unreadable: list[Unreadable]
+
+
+class _NotRead(Exception):
+    """One dataset could not be read: the file, and why."""
+
+    def __init__(self, file: str, reason: str) -> None:
+        super().__init__(f"{file}: {reason}")
+        self.file, self.reason = file, reason
+
+
+def _reading[T](file: str, options: dict[str, Any], read: Callable[[], T]) -> T:
+    """``read()``, any error in it becoming :class:`_NotRead` naming ``file`` (secrets redacted)."""
+    try:
+        return read()
+    except Exception as err:  # one dataset's bad file is listed on the fleet page, never a stopped report
+        raise _NotRead(file, redact(f"{type(err).__name__}: {err}", options)) from err
+
+
+def _report_dataset(
+    args: JobArgs[ReportJob], dataset_id: str, out: str, trend: Trend
+) -> tuple[FleetLine, RunSettings]:
+    """Read, decide and write one dataset's page; its rows count towards ``trend``.
+
+    Raises:
+        _NotRead: a file of the dataset could not be read, or its page could not be drawn or written.
+    """
+    options, rcfg = args.base.output.storage_options, args.job.report
+    layout = OutputLayout(args.base.output.uri).dataset(dataset_id)
+    settings = _reading(layout.record, options, lambda: args.settings(layout.base))
+    cfg = settings.cfg
+    decided = _reading(
+        layout.episodes, options, lambda: read_decided(layout.episodes, options, cfg.success, cfg.curation)
+    )
+    curated = _reading(layout.curated, options, lambda: curated_count(layout.base, options))
+    text, line = _reading(
+        layout.episodes, options, lambda: dataset_page(dataset_id, decided, curated, settings, rcfg)
+    )
+    uri = join_uri(out, line.page)
+    _reading(uri, options, lambda: _write_text(uri, text, options))
+    trend.add(decided.rows)
+    return line, settings
+
+
+def _read_trend(output_uri: str, options: dict[str, Any]) -> tuple[Trend, str]:
+    """The run records under ``_runs/``, or none and why."""
+    try:
+        return Trend(read_run_records(output_uri, options)), ""
+    except Exception as err:  # the fleet page says so; the datasets are still reported
+        reason = redact(f"{type(err).__name__}: {err}", options)
+        return Trend([]), f"run records not readable: {reason}"
+
+
+def run_report(args: JobArgs[ReportJob], progress: Callable[[str], None] | None = None) -> ReportResult:
+    """Write the page of every dataset it can read under ``output.uri`` (or only ``job.dataset``) and
+    the fleet index (:mod:`pipeline.report.fleet`).
 
     Each dataset is decided (:func:`pipeline.decision.decide`) with the settings of the run that
-    published it, under the command line's overrides. Pages go to ``job.report.out`` (default
-    ``<output.uri>/_report``), through fsspec with ``output.storage_options``; videos are read with
-    ``source.storage_options``.
+    published it, under the command line's overrides. A dataset whose files cannot be read is listed
+    (file and reason) on the index and through ``progress``; the others are written. Pages go to
+    ``job.report.out`` (default ``<output.uri>/_report``), through fsspec with
+    ``output.storage_options``; videos are read with ``source.storage_options``. With ``job.dataset``
+    only that page is written and the fleet index is left as it was.
 
     Args:
         args: the command line (:func:`pipeline.report.config.load_job_config`).
-        progress: called with one line per dataset: its counts and where its threshold came from.
-
-    Returns:
-        The URI of the index page.
+        progress: called with one line per dataset: its counts and where its threshold came from, or
+            ``NOT READ <dataset>: <file>: <reason>``.
 
     Raises:
         ConfigError: a report setting is out of range, or ``job.dataset`` has no episodes table.
@@ -365,31 +382,42 @@ def write_report(args: JobArgs[ReportJob], progress: Callable[[str], None] | Non
     job, base = args.job, args.base
     _check(job.report)
     options = base.output.storage_options
-    outputs = OutputLayout(base.output.uri)
     datasets = find_datasets(base.output.uri, options)
-    if job.dataset is not None:
-        if job.dataset not in datasets:
-            found = ", ".join(datasets) or "none"
-            raise ConfigError(f"dataset={job.dataset}: no {EPISODES_FILE} there (found: {found})")
-        datasets = [job.dataset]
-    out = job.report.out or outputs.report
-    summaries = []
-    for dataset_id in datasets:
-        layout = outputs.dataset(dataset_id)
-        settings = args.settings(layout.base)
-        decided = read_decided(layout.episodes, options, settings.cfg.success, settings.cfg.curation)
-        page, summary = dataset_page(
-            dataset_id, decided, curated_count(layout.base, options), settings, job.report
+    if job.dataset is not None and job.dataset not in datasets:
+        found = ", ".join(datasets) or "none"
+        raise ConfigError(f"dataset={job.dataset}: no {EPISODES_FILE} there (found: {found})")
+    out = job.report.out or OutputLayout(base.output.uri).report
+    trend, trend_note = _read_trend(base.output.uri, options) if job.dataset is None else (Trend([]), "")
+    written, unreadable = [], []
+    for dataset_id in [job.dataset] if job.dataset is not None else datasets:
+        try:
+            line, settings = _report_dataset(args, dataset_id, out, trend)
+        except _NotRead as err:
+            unreadable.append(Unreadable(dataset_id, err.file, err.reason))
+            _say(progress, f"NOT READ {unreadable[-1].line()}")
+            continue
+        written.append(line)
+        _say(
+            progress,
+            f"{dataset_id}: {line.ok} scored, {line.successes} success, {line.selected} selected, "
+            f"{line.flagged} flagged; {settings.origin('success.threshold')}",
         )
-        _write_text(join_uri(out, summary.page), page, options)
-        summaries.append(summary)
-        if progress is not None:
-            progress(
-                f"{dataset_id}: {summary.ok} scored, {summary.successes} success, {summary.selected} "
-                f"selected; {settings.origin('success.threshold')}"
-            )
-    index = index_page(base.output.uri, summaries, args.overrides)
-    return _write_text(join_uri(out, INDEX_FILE), index, options)
+    if job.dataset is not None:
+        return ReportResult(join_uri(out, f"{job.dataset}.html"), written, unreadable)
+    index = fleet_page(
+        base.output.uri, written, unreadable, trend, args.overrides, job.report.dpi, trend_note
+    )
+    return ReportResult(_write_text(join_uri(out, INDEX_FILE), index, options), written, unreadable)
+
+
+def write_report(args: JobArgs[ReportJob], progress: Callable[[str], None] | None = None) -> str:
+    """:func:`run_report`, returning the URI of the page to open."""
+    return run_report(args, progress).uri
+
+
+def _say(progress: Callable[[str], None] | None, line: str) -> None:
+    if progress is not None:
+        progress(line)
 
 
 def _write_text(uri: str, text: str, storage_options: dict[str, Any]) -> str:

@@ -127,3 +127,47 @@ def voc_histogram(vocs: list[float], dpi: int) -> str:
     ax.set_ylabel("episodes")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     return data_uri(fig)
+
+
+def trend_figure(
+    labels: list[str],
+    scored: list[int],
+    success_rate: list[float],
+    failures: list[int],
+    broken: list[bool],
+    dpi: int,
+) -> str:
+    """The fleet's runs, oldest first: episodes scored, success rate and failures per run.
+
+    Args:
+        labels: one x label per run (its start date).
+        scored: episodes each run scored.
+        success_rate: percent of the episodes each run scored that succeed (NaN when none is known).
+        failures: failed episodes and datasets each run recorded.
+        broken: whether each run broke (shaded red on every panel).
+        dpi: resolution of the PNG.
+    """
+    fig = Figure(figsize=(9, 4.2), dpi=dpi, layout="constrained")
+    count_ax, rate_ax, fail_ax = fig.subplots(3, 1, sharex=True)
+    x = np.arange(len(labels))
+    count_ax.bar(x, scored, color=PROGRESS_COLOR)
+    for ax in (count_ax, rate_ax, fail_ax):
+        for i in x[np.asarray(broken, dtype=bool)]:
+            ax.axvspan(i - 0.5, i + 0.5, color=FAILURE_COLOR, alpha=0.15, linewidth=0)
+    if any(broken):
+        count_ax.plot([], [], "s", color=FAILURE_COLOR, alpha=0.3, label="broken run")
+        count_ax.legend(fontsize=7, loc="upper left")
+    count_ax.set_ylabel("scored", fontsize=8)
+    rate_ax.plot(x, success_rate, marker="o", markersize=3, color=SUCCESS_COLOR)
+    rate_ax.set_ylim(0, 100)
+    rate_ax.set_ylabel("success %", fontsize=8)
+    fail_ax.bar(x, failures, color=FAILURE_COLOR)
+    fail_ax.set_ylabel("failures", fontsize=8)
+    step = max(1, len(labels) // 10)
+    fail_ax.set_xticks(x[::step], [labels[i] for i in x[::step]], fontsize=7)
+    for ax in (count_ax, rate_ax, fail_ax):
+        ax.grid(alpha=0.3, axis="y")
+        ax.tick_params(labelsize=7)
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=4, integer=ax is not rate_ax))
+    fail_ax.set_xlabel("run (start date, UTC)", fontsize=8)
+    return data_uri(fig)
