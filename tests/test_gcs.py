@@ -1,5 +1,6 @@
 """``gs://`` end to end against a GCS emulator on loopback: relabel gs:// → gs:// (v3.0 and v2.1), a second
-run skips everything, and the outputs equal a local run of the same config."""
+run skips everything, and the outputs equal those of the same config run on other storage (the session's
+``golden_run``, S3 → S3)."""
 
 from __future__ import annotations
 
@@ -29,18 +30,21 @@ def _comparable(table: pa.Table) -> list[dict]:
     return table.drop_columns([c for c in table.column_names if c in WHEN_OR_WHERE]).to_pylist()
 
 
-def test_relabel_gs_to_gs_equals_local(ray_session, gcs_options, synth_dir, tiny_model_dir, tmp_path):
+def test_relabel_gs_to_gs_equals_s3(golden_run, s3, gcs_options, synth_dir, tiny_model_dir):
     fs = gcsfs.GCSFileSystem(**gcs_options, use_listings_cache=False)
-    # The same last two path parts as the local copies, so both runs name the datasets alike.
-    source = f"gs://{BUCKET}/{synth_dir.name}"
+    # One prefix holding both datasets, found by listing; laid out so that they get the golden run's ids.
+    source = f"gs://{BUCKET}/synth"
     for version in ("v30", "v21"):
         upload_dataset(synth_dir / version, fs, f"{source}/{version}")
     output = f"gs://{BUCKET}/labels"
     cfg = relabel_config(source, output, tiny_model_dir, gcs_options)
+    # The golden run's config but for where it reads and writes: what scores, decides and curates.
+    assert (cfg.success, cfg.curation) == (golden_run.cfg.success, golden_run.cfg.curation)
 
     first = run(cfg)
+    assert first.config_hash == golden_run.summary.config_hash
     ids = sorted(first.datasets)
-    assert ids == [f"{synth_dir.name}/v21", f"{synth_dir.name}/v30"]
+    assert ids == sorted(golden_run.datasets.values())
     for dataset in first.datasets.values():
         assert (dataset.scored, dataset.skipped, dataset.failed) == (len(SYNTH_LENGTHS), 0, 0), dataset.errors
 
@@ -48,25 +52,21 @@ def test_relabel_gs_to_gs_equals_local(ray_session, gcs_options, synth_dir, tiny
     for dataset in again.datasets.values():
         assert (dataset.scored, dataset.skipped, dataset.failed) == (0, len(SYNTH_LENGTHS), 0)
 
-    local_out = tmp_path / "local"
-    local = run(relabel_config(str(synth_dir), str(local_out), tiny_model_dir, {}))
-    assert sorted(local.datasets) == ids
     for dataset_id in ids:
         remote_base = f"{BUCKET}/labels/{dataset_id}"
-        local_base = local_out / dataset_id
-        local_episodes = pq.read_table(local_base / EPISODES_FILE)
+        s3_base = f"{golden_run.output}/{dataset_id}"
+        s3_episodes = _table(s3, f"{s3_base}/{EPISODES_FILE}")
         remote_episodes = _table(fs, f"{remote_base}/{EPISODES_FILE}")
         assert remote_episodes.column("video_uri")[0].as_py().startswith("gs://")
-        assert _comparable(remote_episodes) == _comparable(local_episodes)
-        assert _table(fs, f"{remote_base}/{PROGRESS_FILE}").equals(pq.read_table(local_base / PROGRESS_FILE))
+        assert _comparable(remote_episodes) == _comparable(s3_episodes)
+        assert _table(fs, f"{remote_base}/{PROGRESS_FILE}").equals(_table(s3, f"{s3_base}/{PROGRESS_FILE}"))
         remote_curated = {
             p.removeprefix(f"{remote_base}/{CURATED_DIR}/") for p in fs.find(f"{remote_base}/{CURATED_DIR}")
         }
-        local_curated = {
-            p.relative_to(local_base / CURATED_DIR).as_posix()
-            for p in (local_base / CURATED_DIR).rglob("*")
-            if p.is_file()
+        s3_curated = {
+            p.removeprefix(f"{s3_base.removeprefix('s3://')}/{CURATED_DIR}/")
+            for p in s3.find(f"{s3_base}/{CURATED_DIR}")
         }
-        assert remote_curated == local_curated
+        assert remote_curated == s3_curated
         assert {"current.json", "v000001/meta/info.json"} <= remote_curated
         assert resolve_curated(f"gs://{remote_base}/{CURATED_DIR}", gcs_options).endswith("/v000001")
