@@ -5,7 +5,8 @@
 It builds the tiny random Qwen3-VL and a synthetic LeRobot v3.0 dataset, starts moto's S3 server on
 127.0.0.1, uploads the dataset, runs ``jobs.relabel`` from ``s3://`` to ``s3://``, writes the HTML report
 (``jobs.report``), copies the outputs to ``outputs/demo/`` for a look, prints the summary, stops the server
-and prints the path of the report. The model is random, so the
+and prints the path of the report and the commands that take the local copy to ``lerobot-train``
+(``jobs.pull`` from ``outputs/demo/``, then training). The model is random, so the
 numbers are meaningless; everything else (Ray Data, object storage, the parquet contracts, the curated
 dataset) is the production path. Extra ``key=value`` arguments (and a ``--config FILE``) override the
 relabel settings the demo chooses; ``--print-config`` prints them without building or starting anything.
@@ -54,6 +55,41 @@ def demo_overrides(model_dir: Path, endpoint: str) -> list[str]:
         "frames.max_frames=16",
         # The tiny random model scores episodes between about -6.5 and -5.9; this splits them for the demo.
         "success.threshold=-6.2",
+    ]
+
+
+def _shown(path: Path) -> str:
+    """``path`` as the user types it from the current folder (relative when it is under it)."""
+    try:
+        return str(path.absolute().relative_to(Path.cwd().absolute()))  # not resolved: venv links stay
+    except ValueError:
+        return str(path)
+
+
+def next_steps(dataset_output: Path, dest: Path) -> list[str]:
+    """The commands that take the demo's local copy of one dataset's outputs to ``lerobot-train``.
+
+    The demo's S3 server is gone when they are printed, so they pull from the local copy under
+    ``outputs/demo/`` (jobs.pull reads any fsspec path). The training command builds ACT without its
+    ImageNet backbone (nothing downloaded) and runs two CPU steps: a smoke run on the random labels.
+    """
+    bin_dir = Path(sys.executable).parent
+    python, train = _shown(Path(sys.executable)), _shown(bin_dir / "lerobot-train")
+    repo = DATASET.rsplit("/", 1)[-1]
+    curated = dest / "curated"
+    return [
+        "demo: next, pull one dataset's outputs to local disk and train on them (a smoke run on CPU):",
+        f"  {python} -m jobs.pull {_shown(dataset_output)} {dest}",
+        f"  {train} --dataset.repo_id={DATASET}_curated --dataset.root={curated} "
+        "--dataset.video_backend=pyav --policy.type=act --policy.device=cpu --policy.push_to_hub=false "
+        "--policy.pretrained_backbone_weights=null --steps=2 --batch_size=2 --num_workers=0 "
+        f"--wandb.enable=false --output_dir=outputs/train/{repo}_act",
+        "demo: RA-BC with the progress labels needs a policy that supports it (smolvla, pi0, pi05: their "
+        "weights come from the Hugging Face Hub), e.g.:",
+        f"  {train} --dataset.repo_id={DATASET}_curated --dataset.root={curated} "
+        "--dataset.video_backend=pyav --policy.type=smolvla --policy.device=cpu --policy.push_to_hub=false "
+        f"--sample_weighting.type=rabc --sample_weighting.progress_path={curated}/topreward_progress.parquet "
+        f"--sample_weighting.head_mode=sparse --output_dir=outputs/train/{repo}_smolvla",
     ]
 
 
@@ -132,6 +168,7 @@ def _demo(given: list[str]) -> int:
     print("demo: S3 server stopped")
     local_report = OUTPUT / report.removeprefix(cfg.output.uri.rstrip("/") + "/")
     print(f"demo: report {local_report} (open it in a browser)")
+    print(*next_steps(OUTPUT / DATASET, Path("outputs") / "pulled" / DATASET.rsplit("/", 1)[-1]), sep="\n")
     return 0
 
 
