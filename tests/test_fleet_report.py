@@ -22,9 +22,10 @@ from jobs.report import EXIT_UNREADABLE
 from jobs.report import main as report_main
 from pipeline.atomic import write_bytes, write_parquet
 from pipeline.config import load_config
+from pipeline.curated.pointer import Pointer, version_folder
 from pipeline.decision import decide
 from pipeline.labels import minmax_normalize, value_order_correlation
-from pipeline.layout import OutputLayout
+from pipeline.layout import POINTER_FILE, OutputLayout
 from pipeline.publish import EPISODE_COLUMNS, PROTOCOL_VERSION
 from pipeline.runrecord import RunRecord
 from pipeline.sinks import SHARD_SCHEMA
@@ -90,12 +91,18 @@ def _write_dataset(output: Path, i: int, run_ids: list[str], rng: random.Random)
     cfg = load_config([f"success.threshold={THRESHOLD}"])
     table = decide(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), cfg.success, cfg.curation)
     write_parquet(table.select(list(EPISODE_COLUMNS)), layout.episodes, {})
+    selected = sum(table.column("selected").to_pylist())
+    if selected:  # the curated version publish would have made: its pointer and its info.json
+        version = Pointer(1, version_folder(1))
+        write_bytes(version.to_json(), f"{layout.curated}/{POINTER_FILE}", {})
+        info = json.dumps({"total_episodes": selected}).encode()
+        write_bytes(info, f"{layout.curated}/{version.root}/meta/info.json", {})
     record = {
         "protocol": PROTOCOL_VERSION,
         "digest": f"d{i}",
         "run_id": run_ids[max(0, len(run_ids) - 1 - i % 3)],
-        "curated_episodes": 0,
-        "curated_version": None,
+        "curated_episodes": selected,
+        "curated_version": version_folder(1) if selected else None,
         "superseded": [],
         "threshold": THRESHOLD,
         "curation_enabled": True,
@@ -196,6 +203,9 @@ def test_fleet_page_lists_every_dataset_failing_first_and_stays_small(fleet):
     assert f"<b>{DATASETS}</b>datasets" in text and "<b>0</b>not readable" in text
     scored = sum(int(row["scored"]) for row in line)
     assert f"<b>{scored}</b>scored" in text
+    curated = [int(row["curated"]) for row in line if row["curated"] != "none"]
+    assert curated and sum(curated) == sum(int(row["selected"]) for row in line)
+    assert f"<b>{sum(curated)}</b>curated" in text
     trend = [img for img in parser.images if img.get("data-plot") == "trend"]
     assert len(trend) == 1 and f"Runs ({NIGHTS} recorded)" in text
 

@@ -22,7 +22,7 @@ from pipeline.report.plots import trend_figure
 from pipeline.report.shell import page
 
 FLEET_STYLE = """
-body { max-width: 1200px; }
+body { max-width: 1280px; }
 .totals { display: flex; flex-wrap: wrap; gap: 0.6em; margin: 0.6em 0; }
 .total { border: 1px solid #ddd; border-radius: 6px; padding: 0.3em 0.8em; }
 .total b { display: block; font-size: 1.3em; }
@@ -31,7 +31,7 @@ table.sortable th[data-order=asc]::after { content: " \\25B2"; }
 table.sortable th[data-order=desc]::after { content: " \\25BC"; }
 table.sortable td.n { text-align: right; }
 tr.failing td:first-child { border-left: 4px solid #d62728; }
-#datasets { font-size: 0.85em; } #datasets td { white-space: nowrap; }
+#datasets { font-size: 0.85em; } #datasets td { white-space: nowrap; padding: 0.2em 0.45em; }
 """
 
 # Clicking a heading sorts by its column (numbers by value, from data-sort when a cell has one);

@@ -19,7 +19,7 @@ from pipeline.atomic import write_bytes
 from pipeline.config import ConfigError, RelabelConfig
 from pipeline.frames.decode import decode_frames
 from pipeline.layout import EPISODES_FILE, OutputLayout
-from pipeline.quality import flagged_episodes
+from pipeline.quality import episode_flags, flagged_episodes
 from pipeline.report.config import (
     DECISION_KEYS,
     JobArgs,
@@ -88,6 +88,9 @@ def _episode_section(
     head = f"Episode {index} · {html.escape(str(row['status']))}"
     task = html.escape(str(row.get("task") or ""))
     meta = f"task: “{task}” · {row.get('length')} frames"
+    flags = episode_flags(row, rcfg.quality, cfg.success.window)
+    if flags:
+        head += f" · <span class='flags'>flagged: {', '.join(f.replace('_', ' ') for f in flags)}</span>"
     if row["status"] != "ok":
         error = html.escape(str(row.get("error") or ""))
         return (

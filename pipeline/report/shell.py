@@ -16,7 +16,8 @@ td, th { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertic
 .error { color: #b00; font-family: monospace; white-space: pre-wrap; }
 .yes { color: #2ca02c; font-weight: bold; } .no { color: #d62728; font-weight: bold; }
 pre.command { background: #f6f6f6; border: 1px solid #ddd; padding: 0.5em; white-space: pre-wrap;
-  word-break: break-all; }
+  overflow-wrap: anywhere; }
+.flags { color: #b35900; } #flags td:first-child { white-space: nowrap; }
 img { max-width: 100%; }
 """
 
