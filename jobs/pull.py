@@ -152,14 +152,16 @@ def verify_version(local: Path, version_uri: str) -> None:
     except MetadataError as err:
         where = err.file_uri.replace(str(local), version_uri.rstrip("/"), 1)
         raise IncompleteVersion(f"{where}: {err.reason}") from None
-    total = meta.info.get("total_episodes")
-    if total is not None and len(meta.episodes) != int(total):
+    total = int(meta.info.get("total_episodes", len(meta.episodes)))
+    # Episodes appended after info.json was copied lie past its total: LeRobot ignores them, and so does this.
+    episodes = [episode for episode in meta.episodes if episode.episode_index < total]
+    if len(episodes) < total:
         raise IncompleteVersion(
-            f"{join_uri(version_uri, EPISODES_DIR)}: {len(meta.episodes)} episodes of the {total} that "
+            f"{join_uri(version_uri, EPISODES_DIR)}: {len(episodes)} episodes of the {total} that "
             f"meta/info.json names (an episodes file is missing)"
         )
     needed = [(TASKS_PATH, "the tasks")]
-    for episode in meta.episodes:
+    for episode in episodes:
         if episode.error:
             raise IncompleteVersion(f"{version_uri}: episode {episode.episode_index}: {episode.error}")
         needed.append((episode.data_path, f"episode {episode.episode_index}'s data"))

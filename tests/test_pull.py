@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from jobs.pull import EXIT_INCOMPLETE, main, pull
@@ -131,6 +134,36 @@ def test_a_version_missing_a_video_fails_and_keeps_the_earlier_copy(s3, s3_optio
     # A first pull of it leaves nothing behind either.
     assert main([uri, str(tmp_path / "fresh"), _options(s3_options)]) == EXIT_INCOMPLETE
     assert not (tmp_path / "fresh").exists()
+
+
+def test_episodes_appended_after_info_json_are_ignored_and_a_missing_index_is_named(
+    s3, s3_options, files, tmp_path, capsys
+):
+    # A publish appending to the current version writes new episodes files before meta/info.json: a
+    # pull that copied the old info.json lists them too, and LeRobot ignores what lies past its totals.
+    uri = _upload(s3, "pull-append/so100/pick_cube", files)
+    index = next(name for name in files if name.startswith("curated/meta/episodes/"))
+    rows = pq.read_table(pa.BufferReader(files[index]))
+    info = json.loads(files["curated/meta/info.json"])
+    shifted = {"episode_index": info["total_episodes"], "dataset_from_index": info["total_frames"],
+               "dataset_to_index": info["total_frames"]}  # fmt: skip
+    for name, offset in shifted.items():
+        rows = rows.set_column(rows.schema.get_field_index(name), name, pc.add(rows[name], offset))
+    sink = pa.BufferOutputStream()
+    pq.write_table(rows, sink)
+    appended = (
+        f"{BUCKET}/pull-append/so100/pick_cube/curated/v000002/meta/episodes/chunk-000/file-999.parquet"
+    )
+    s3.pipe(appended, sink.getvalue().to_pybytes())
+    assert main([uri, str(tmp_path / "p"), _options(s3_options)]) == 0
+    for name in [n for n in files if n.startswith("curated/meta/episodes/")]:
+        s3.rm(f"{BUCKET}/pull-append/so100/pick_cube/curated/v000002/{name.removeprefix('curated/')}")
+    assert main([uri, str(tmp_path / "p"), _options(s3_options)]) == EXIT_INCOMPLETE
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"jobs.pull: {uri}/curated/v000002/meta/episodes: 0 episodes of the {info['total_episodes']} that "
+        "meta/info.json names (an episodes file is missing); nothing under"
+    ), err
 
 
 def test_an_output_root_or_a_folder_of_datasets_is_refused_naming_them(s3, s3_options, tmp_path, capsys):
