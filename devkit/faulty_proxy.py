@@ -102,7 +102,10 @@ def _handler(upstream: str, proxy: list[FaultyProxy]) -> type[BaseHTTPRequestHan
                 self.send_header("Content-Type", "application/xml")
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
-                self.wfile.write(payload)
+                # A HEAD answer has no body: bytes after its headers would be read as the next answer on
+                # the connection (botocore: "Bad status line"), a protocol error no real store makes.
+                if self.command != "HEAD":
+                    self.wfile.write(payload)
                 return
             conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
             try:
