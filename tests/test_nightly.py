@@ -19,7 +19,6 @@ from pipeline.curated.pointer import resolve_curated
 from pipeline.layout import EPISODES_FILE, PROGRESS_FILE
 from pipeline.relabel import format_summary, run
 from pipeline.runrecord import read_run_records
-from pipeline.storage import upload_dataset
 from tests.conftest import BUCKET, relabel_config
 
 pytestmark = pytest.mark.slow
@@ -138,9 +137,12 @@ def test_rewritten_datasets_publish_no_stale_rows(ray_session, tmp_path, tiny_mo
     assert episodes.column("length").to_pylist() == [20, 18, 24]
 
 
-def test_flaky_and_down_bucket(ray_session, s3, s3_endpoint, s3_options, tmp_path, tiny_model_dir):
-    local = write_v30_dataset(tmp_path / "flaky" / "v30", lengths=(12, 14, 12))
-    source = upload_dataset(local, s3, f"s3://{BUCKET}/flaky-src/lab/v30")
+def test_flaky_and_down_bucket(golden_run, s3, s3_endpoint, s3_options, tiny_model_dir):
+    # The golden run's v3.0 source and config, read through the proxy: the golden run is the clean run,
+    # what the same config gives when the bucket is healthy.
+    dataset_id = golden_run.datasets["v30"]
+    (source,) = [uri for uri in golden_run.cfg.source.uris if uri.endswith(f"/{dataset_id}")]
+    num_episodes = golden_run.summary.datasets[dataset_id].scored
 
     def config(output: str, source_endpoint: str, *extra: str):
         options = {**s3_options, "endpoint_url": source_endpoint}
@@ -150,34 +152,34 @@ def test_flaky_and_down_bucket(ray_session, s3, s3_endpoint, s3_options, tmp_pat
         )
 
     def published(output: str) -> dict:
-        base = f"{output}/lab/v30"
+        base = f"{output}/{dataset_id}"
         with s3.open(f"{base}/{EPISODES_FILE}", "rb") as f:
             episodes = pq.read_table(f).drop_columns(["scored_at", "attempt"])
         with s3.open(f"{base}/{PROGRESS_FILE}", "rb") as f:
             progress = pq.read_table(f)
         return {"episodes": episodes.to_pylist(), "progress": progress.to_pylist()}
 
-    clean = f"s3://{BUCKET}/flaky-out/clean"
-    run(config(clean, s3_endpoint))
+    clean = golden_run.output
     with faulty_proxy(s3_endpoint) as proxy:
         # Transient: every 3rd source request fails (503 or a reset connection), 12 times in all.
         flaky = f"s3://{BUCKET}/flaky-out/flaky"
         proxy.transient(every=3, limit=12)
         summary = run(config(flaky, proxy.endpoint))
+        assert summary.config_hash == golden_run.summary.config_hash
         assert proxy.plan.failed > 0, "no fault was injected"
-        assert summary.datasets["lab/v30"].failed == 0
+        assert summary.datasets[dataset_id].failed == 0
         assert published(flaky) == published(clean)
 
         # Outage: the video object stays unreachable. Episodes fail naming it; the run completes.
         down = f"s3://{BUCKET}/flaky-out/down"
         proxy.outage("/videos/")
         summary = run(config(down, proxy.endpoint, "retry.storage_attempts=2"))
-        dataset = summary.datasets["lab/v30"]
-        assert dataset.failed == 3 and proxy.plan.failed > 0
+        dataset = summary.datasets[dataset_id]
+        assert dataset.failed == num_episodes and proxy.plan.failed > 0
         assert all("s3://" in error and "/videos/" in error for error in dataset.errors)
 
         # The bucket is back: the next run fills the failed episodes in; outputs equal the clean run.
         proxy.healthy()
         summary = run(config(down, proxy.endpoint))
-        assert summary.datasets["lab/v30"].scored == 3
+        assert summary.datasets[dataset_id].scored == num_episodes
         assert published(down) == published(clean)
