@@ -18,18 +18,31 @@ Exit status (what a scheduler reads):
 * 2: refused before it started: a bad config value, a model that cannot load, an output inside a
   source, an output that cannot be written. The message names the key and the value.
 * 3: the run completed with recorded failures and ``job.fail_on_errors=true`` (for alerting).
+* 4: no dataset was found under a source URI (a mistyped or empty prefix: no ``meta/info.json`` at or
+  below it); the other sources were processed and published. Whatever ``job.fail_on_errors`` says.
+* 5: nothing succeeded: failures were recorded and no episode is labelled and published (every episode
+  or dataset failed, e.g. workers without storage credentials). Whatever ``job.fail_on_errors`` says.
+* 143 / 130: stopped by SIGTERM / SIGINT (Kubernetes, ``ray job stop``, Ctrl-C); the run record says
+  ``stopped``, what was committed stays, nothing is half-published, and the next run goes on from it.
+
+When several apply, the first in the order 4, 5, 3 is the status.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 from pipeline.cli import Exit, Settings, job_parser, parse, print_config, refusals
 from pipeline.config import ConfigError, RelabelConfig, load_config
 
+if TYPE_CHECKING:
+    from pipeline.relabel import RunSummary
+
 JOB = "jobs.relabel"
 EXIT_OK, EXIT_BROKEN, EXIT_REFUSED, EXIT_FAILURES = 0, 1, 2, 3
+EXIT_NO_DATASET, EXIT_NOTHING_SUCCEEDED = 4, 5
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -72,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exit as done:
         return done.code
     from pipeline.relabel import format_summary, run  # Ray and torch load only for a run
+    from pipeline.stopping import RunStopped
 
     configure_logging(cfg.job.log_level)
     try:
@@ -79,17 +93,40 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"jobs.relabel: {err}", file=sys.stderr)
         return EXIT_REFUSED
+    except RunStopped as stop:
+        print(f"jobs.relabel: {stop}; the run record says stopped", file=sys.stderr, flush=True)
+        _disconnect_ray()
+        return stop.exit_code
     except Exception:
         logging.getLogger("pipeline").exception("jobs.relabel: the run broke")
         return EXIT_BROKEN
     print(format_summary(summary), flush=True)
-    if summary.failures and cfg.job.fail_on_errors:
-        print(
-            f"jobs.relabel: {summary.failures} failure(s) recorded and job.fail_on_errors=true",
-            file=sys.stderr,
+    code, reason = exit_status(summary, cfg.job.fail_on_errors)
+    if reason:
+        print(f"jobs.relabel: {reason} (exit {code})", file=sys.stderr)
+    return code
+
+
+def exit_status(summary: RunSummary, fail_on_errors: bool) -> tuple[int, str]:
+    """The exit status of a completed run and why (``""`` for 0); the order is 4, 5, 3 (module docstring)."""
+    if summary.missing_sources:
+        return EXIT_NO_DATASET, "no dataset found under " + ", ".join(summary.missing_sources)
+    if summary.nothing_succeeded:
+        return (
+            EXIT_NOTHING_SUCCEEDED,
+            f"nothing succeeded: {summary.failures} failure(s), no episode published",
         )
-        return EXIT_FAILURES
-    return EXIT_OK
+    if summary.failures and fail_on_errors:
+        return EXIT_FAILURES, f"{summary.failures} failure(s) recorded and job.fail_on_errors=true"
+    return EXIT_OK, ""
+
+
+def _disconnect_ray() -> None:
+    """Shuts Ray down (stops a local Ray, leaves a cluster): a driver still connected exits with 1."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 if __name__ == "__main__":

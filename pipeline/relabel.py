@@ -36,7 +36,7 @@ from pipeline.sinks import (
 )
 from pipeline.stages.label import label_episode
 from pipeline.stages.score import ScoreEpisodes
-from pipeline.stopping import RunStopped, reclaim_signals, stop_on_signals
+from pipeline.stopping import RunStopped, start_ray, stop_on_signals
 from pipeline.storage import normalize_uri, redact, with_storage_retries
 
 log = logging.getLogger(__name__)
@@ -127,18 +127,20 @@ def connect_ray(cfg: RelabelConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    # ray.init replaces the SIGTERM handler with one that exits by SIGABRT; a run stops cleanly instead.
     if address:
-        ray.init(address=address)
-    else:
-        ray.init(
+        start_ray(partial(ray.init, address=address))
+        return
+    start_ray(
+        partial(
+            ray.init,
             address="local",
             num_cpus=cfg.ray.num_cpus,
             object_store_memory=cfg.ray.object_store_memory,
             _temp_dir=cfg.ray.temp_dir,
             include_dashboard=False,
         )
-    # ray.init replaces the SIGTERM handler with one that exits by SIGABRT; a run stops cleanly instead.
-    reclaim_signals()
+    )
 
 
 def build_dataset(

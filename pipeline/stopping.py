@@ -8,8 +8,9 @@ publishes is written in one step (``pipeline.atomic``), and the next run removes
 left behind (temp files, shards without a marker) and scores the rest.
 
 ``ray.init`` installs a SIGTERM handler of its own in the driver (``sys.exit(15)``, which ends the
-process by SIGABRT once Ray's threads are torn down); :func:`reclaim_signals` puts ours back after
-Ray starts.
+process by SIGABRT once Ray's threads are torn down); :func:`start_ray` puts ours back after Ray
+starts. The job (``jobs.relabel``) shuts Ray down before it exits with the stop's code: a driver that
+exits with Ray still connected ends with status 1 whatever code it asked for.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -62,14 +63,27 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def reclaim_signals() -> None:
-    """Puts the stop handler back after ``ray.init`` replaced it; a no-op outside :func:`stop_on_signals`."""
+_active = False
+
+
+def start_ray(init: Callable[[], object]) -> None:
+    """Calls ``init`` (a ``ray.init``) and keeps the stop handlers of :func:`stop_on_signals` after it.
+
+    ``ray.init`` installs its own SIGTERM handler first thing (``sys.exit(15)``): a SIGTERM while Ray
+    starts (seconds) becomes :class:`RunStopped` too, and the stop handlers are put back once it ran.
+    Outside :func:`stop_on_signals` this only calls ``init``.
+    """
+    try:
+        init()
+    except SystemExit as err:
+        if not _active or err.code != signal.SIGTERM:
+            raise
+        _stopping.set()
+        log.warning("SIGTERM received while Ray started: stopping the run")
+        raise RunStopped(signal.SIGTERM) from None
     if _active and _in_main_thread():
         for signum in STOP_SIGNALS:
             signal.signal(signum, _handle)
-
-
-_active = False
 
 
 @contextmanager

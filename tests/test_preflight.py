@@ -228,7 +228,8 @@ def test_refused_runs_never_start_ray_or_write(tmp_path, tiny_model_dir):
 
 
 def test_exit_codes_and_log_lines_of_the_job(tmp_path, tiny_model_dir):
-    """jobs.relabel as a scheduler runs it: 2 when refused; INFO lines and exit 3 with fail_on_errors."""
+    """jobs.relabel as a scheduler runs it: 2 when refused; 4 when a source holds no dataset, whatever
+    job.fail_on_errors says (tests/test_exit_codes.py has 3 and 5)."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     refused = subprocess.run(
         [sys.executable, "-m", "jobs.relabel", "source.uris=[s3://a/b]", "output.uri=s3://a/b/c"],
@@ -246,9 +247,11 @@ def test_exit_codes_and_log_lines_of_the_job(tmp_path, tiny_model_dir):
         ],
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
-    assert job.returncode == 3, job.stderr[-2000:]
+    assert job.returncode == 4, job.stderr[-2000:]
     assert "INFO pipeline.catalog: catalog: 1 episode rows" in job.stderr
     assert "lab/gone: FAILED" in job.stdout and "meta/info.json: not found" in job.stdout
+    assert f"NO DATASET FOUND under source {missing}" in job.stdout
+    assert f"no dataset found under {missing} (exit 4)" in job.stderr
     (record,) = (tmp_path / "out" / "_runs").glob("*.json")
     content = json.loads(record.read_text())
     assert content["status"] == "completed" and "meta/info.json" in content["failures"][0]["error"]
