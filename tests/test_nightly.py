@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
@@ -63,18 +64,56 @@ def _bad_fleet(root: Path) -> dict[str, str]:
     }
 
 
-def test_bad_datasets_never_stop_the_fleet(ray_session, tmp_path, tiny_model_dir):
-    fleet = tmp_path / "fleet"
-    expected = _bad_fleet(fleet)
-    output = tmp_path / "labels"
-    cfg = relabel_config(str(fleet), str(output), tiny_model_dir, {}, "retry.max_attempts=2")
+def _lab_fleet(root: Path) -> Path:
+    """``lab/v30`` and ``lab/v21`` under ``root``; v2.1's episodes.jsonl states one wrong length (the data
+    parquet is the truth the progress rows must follow). Returns the v2.1 root."""
+    write_v30_dataset(root / "lab" / "v30", lengths=(20, 24, 16, 24))
+    v21 = write_v21_dataset(root / "lab" / "v21", lengths=(14, 16, 12))
+    lines = (v21 / "meta/episodes.jsonl").read_text().splitlines()
+    lines[1] = json.dumps({**json.loads(lines[1]), "length": 30})
+    (v21 / "meta/episodes.jsonl").write_text("\n".join(lines) + "\n")
+    return v21
 
-    first = run(cfg)
+
+@pytest.fixture(scope="module")
+def nights(ray_session, tmp_path_factory, tiny_model_dir) -> SimpleNamespace:
+    """Three nightly runs (``retry.max_attempts=2``) over one fleet: the bad fleet of :func:`_bad_fleet`
+    and the lab fleet of :func:`_lab_fleet`, whose ``lab/v30`` is rewritten in place between the first
+    and the second night (an episode removed, the rest re-indexed, lengths changed).
+
+    Both tests below read the same nights, so the fleet costs three runs instead of five. Returns the
+    fleet, the v2.1 root, the bad datasets' expected errors, the output folder, each night's summary, and
+    ``after``: a copy of the output folder as each night
+    left it (``after[1]`` to ``after[3]``; ``after[3]`` is ``output`` itself, which holds the run records).
+    """
+    root = tmp_path_factory.mktemp("nightly")
+    fleet, output = root / "fleet", root / "labels"
+    expected = _bad_fleet(fleet)
+    v21 = _lab_fleet(fleet)
+    cfg = relabel_config(str(fleet), str(output), tiny_model_dir, {}, "retry.max_attempts=2")
+    summaries, after = {}, {}
+    for night in (1, 2, 3):
+        if night == 2:
+            shutil.rmtree(fleet / "lab" / "v30")
+            write_v30_dataset(fleet / "lab" / "v30", lengths=(20, 18, 24))
+        summaries[night] = run(cfg)
+        after[night] = output if night == 3 else shutil.copytree(output, root / f"after-{night}")
+    return SimpleNamespace(
+        fleet=fleet, v21=v21, expected=expected, output=output, summaries=summaries, after=after
+    )
+
+
+def _files(folder: Path) -> dict[Path, bytes]:
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_bad_datasets_never_stop_the_fleet(nights):
+    fleet, first, after = nights.fleet, nights.summaries[1], nights.after
     good = first.datasets["good/v30"]
     assert (good.scored, good.failed) == (len(GOOD), 0) and good.published is not None
-    _progress_matches_frames(output / "good/v30" / PROGRESS_FILE, fleet / "good/v30")
+    _progress_matches_frames(after[1] / "good/v30" / PROGRESS_FILE, fleet / "good/v30")
     text = format_summary(first)
-    for dataset_id, fragment in expected.items():
+    for dataset_id, fragment in nights.expected.items():
         summary = first.datasets[dataset_id]
         errors = " | ".join([summary.catalog_error, *summary.errors, summary.publish_error])
         assert dataset_id in errors and fragment in errors, (dataset_id, errors)
@@ -82,28 +121,27 @@ def test_bad_datasets_never_stop_the_fleet(ray_session, tmp_path, tiny_model_dir
 
     texts = first.datasets["bad/texts"]
     assert (texts.scored, texts.failed) == (2, 1) and "no task text" in texts.errors[0]
-    published = pq.read_table(output / "bad/texts" / EPISODES_FILE).to_pylist()
+    published = pq.read_table(after[1] / "bad/texts" / EPISODES_FILE).to_pylist()
     assert "\ufffd" in published[1]["task"]  # the bad byte is replaced, the episode still scored
     assert first.datasets["bad/no_video"].failed == 2
     assert first.datasets["bad/truncated"].published is None
-    assert resolve_curated(str(output / "bad/truncated/curated")) is None
-    good_bytes = {p: p.read_bytes() for p in (output / "good/v30").rglob("*") if p.is_file()}
+    assert resolve_curated(str(after[1] / "bad/truncated/curated")) is None
 
     # Second night: only failed episodes are pending (every row of their batches fails); it completes.
-    second = run(cfg)
+    second = nights.summaries[2]
     assert second.datasets["good/v30"].skipped == len(GOOD)
     assert second.datasets["bad/no_video"].failed == 2
-    assert {p: p.read_bytes() for p in (output / "good/v30").rglob("*") if p.is_file()} == good_bytes
-    rows = pq.read_table(output / "bad/no_video" / EPISODES_FILE).to_pylist()
+    assert _files(after[2] / "good/v30") == _files(after[1] / "good/v30")
+    rows = pq.read_table(after[2] / "bad/no_video" / EPISODES_FILE).to_pylist()
     assert [(r["status"], r["attempt"]) for r in rows] == [("failed", 2), ("failed", 2)]
     assert all("videos/" in r["error"] for r in rows)
 
     # Third night: retry.max_attempts=2 is reached; the episodes stay failed and are not scored again.
-    third = run(cfg)
+    third = nights.summaries[3]
     assert (third.datasets["bad/no_video"].failed, third.datasets["bad/no_video"].gave_up) == (0, 2)
     assert "gave up after 2 attempts" in format_summary(third)
 
-    records = read_run_records(str(output), {})
+    records = read_run_records(str(nights.output), {})
     assert [r["status"] for r in records] == ["completed"] * 3
     last = records[-1]
     assert last["config_hash"] == third.config_hash and last["versions"]["ray"]
@@ -111,28 +149,16 @@ def test_bad_datasets_never_stop_the_fleet(ray_session, tmp_path, tiny_model_dir
     assert any("bad/fps0" in f["error"] for f in last["failures"])
 
 
-def test_rewritten_datasets_publish_no_stale_rows(ray_session, tmp_path, tiny_model_dir):
-    fleet, output = tmp_path / "fleet", tmp_path / "labels"
-    write_v30_dataset(fleet / "lab" / "v30", lengths=(20, 24, 16, 24))
-    v21 = write_v21_dataset(fleet / "lab" / "v21", lengths=(14, 16, 12))
-    # One wrong length in episodes.jsonl: the data parquet is the truth the progress rows must follow.
-    lines = (v21 / "meta/episodes.jsonl").read_text().splitlines()
-    lines[1] = json.dumps({**json.loads(lines[1]), "length": 30})
-    (v21 / "meta/episodes.jsonl").write_text("\n".join(lines) + "\n")
-    cfg = relabel_config(str(fleet), str(output), tiny_model_dir, {})
-
-    first = run(cfg)
+def test_rewritten_datasets_publish_no_stale_rows(nights):
+    first, second, after = nights.summaries[1], nights.summaries[2], nights.after
     assert first.datasets["lab/v30"].scored == 4 and first.datasets["lab/v21"].scored == 3
-    _progress_matches_frames(output / "lab/v21" / PROGRESS_FILE, v21)
+    _progress_matches_frames(after[1] / "lab/v21" / PROGRESS_FILE, nights.v21)
 
-    # The v3.0 dataset is rewritten in place: an episode removed, the rest re-indexed, lengths changed.
-    shutil.rmtree(fleet / "lab" / "v30")
-    write_v30_dataset(fleet / "lab" / "v30", lengths=(20, 18, 24))
-    second = run(cfg)
+    # Second night, after the v3.0 dataset was rewritten in place.
     assert second.datasets["lab/v21"].skipped == 3
     assert second.datasets["lab/v30"].scored >= 1  # re-indexed episodes have new fingerprints
-    _progress_matches_frames(output / "lab/v30" / PROGRESS_FILE, fleet / "lab/v30")
-    episodes = pq.read_table(output / "lab/v30" / EPISODES_FILE)
+    _progress_matches_frames(after[2] / "lab/v30" / PROGRESS_FILE, nights.fleet / "lab/v30")
+    episodes = pq.read_table(after[2] / "lab/v30" / EPISODES_FILE)
     assert episodes.column("episode_index").to_pylist() == [0, 1, 2]
     assert episodes.column("length").to_pylist() == [20, 18, 24]
 
