@@ -82,7 +82,7 @@ def check_controls(settings: RunSettings) -> None:
 def _evaluate(args: argparse.Namespace, job_args: JobArgs[EvaluateJob]) -> int:
     # pyarrow, scipy, torch and PyAV: only once there is something to evaluate.
     from pipeline.atomic import write_bytes
-    from pipeline.calibration import read_labels
+    from pipeline.calibration import CalibrationInputError, read_labels
     from pipeline.evaluation import evaluate, format_evaluation, json_safe
     from pipeline.report.outputs import read_episodes
 
@@ -93,6 +93,8 @@ def _evaluate(args: argparse.Namespace, job_args: JobArgs[EvaluateJob]) -> int:
         labels = read_labels(args.labels, options) if args.labels else None
     except FileNotFoundError as err:
         raise EvaluateRefused(f"not found: {redact(str(err), options)}") from None
+    except CalibrationInputError as err:  # a labels file that is not one (bad value, missing column)
+        raise EvaluateRefused(redact(str(err), options)) from None
     settings = job_args.settings(posixpath.dirname(uri))
     ecfg = job_args.job.evaluate
     if ecfg.max_episodes > 0 and any(row["status"] == "ok" for row in rows):

@@ -201,6 +201,11 @@ def test_a_table_without_run_record_or_model_is_refused_in_one_line(episodes_tab
     assert evaluate_main([str(tmp_path / "nothing" / "episodes.parquet")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("jobs.evaluate: not found:")
+    bad = tmp_path / "labels.csv"
+    bad.write_text("episode_index,success\n0,maybe\n")
+    assert evaluate_main([str(episodes_table["path"]), "--labels", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'maybe'" in err and str(bad) in err
 
 
 def test_bad_keys_are_refused_by_name(episodes_table, capsys):
