@@ -1,7 +1,8 @@
 """From relabel outputs on object storage to LeRobot training (``lerobot[training]``), offline on CPU.
 
-The outputs of a relabel run to (moto) S3 are pulled to local disk with ``jobs.pull``, because LeRobot's
-trainer reads ``--dataset.root`` and ``--sample_weighting.progress_path`` from local disk only; then:
+The outputs of a relabel run to (moto) S3 (the session's ``golden_run``) are pulled to local disk with
+``jobs.pull``, because LeRobot's trainer reads ``--dataset.root`` and ``--sample_weighting.progress_path``
+from local disk only; then:
 
 * ``lerobot-train`` trains a small ACT, built from config (no pretrained backbone, nothing downloaded),
   for 2 steps on the curated dataset and writes a checkpoint;
@@ -24,10 +25,8 @@ import pytest
 import torch
 
 from jobs.pull import main as pull_main
-from pipeline.config import load_config
 from pipeline.layout import CURATED_DIR, PROGRESS_FILE
-from pipeline.relabel import run
-from tests.conftest import BUCKET, SYNTH_LENGTHS
+from tests.conftest import SYNTH_LENGTHS
 
 pytestmark = pytest.mark.slow
 
@@ -51,28 +50,14 @@ def _storage(options: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def pulled(ray_session, s3_options, synth_s3, tiny_model_dir, tmp_path_factory) -> Path:
-    """A relabel run from S3 to S3, its outputs for ``synth/v30`` pulled to a local folder."""
-    output = f"s3://{BUCKET}/train-labels"
-    storage = _storage(s3_options)
-    cfg = load_config(
-        [
-            f"source.uris=[{synth_s3}/v30]",
-            f"source.storage_options={storage}",
-            f"output.uri={output}",
-            f"output.storage_options={storage}",
-            f"model.path={tiny_model_dir}",
-            "frames.height=64",
-            "frames.width=64",
-            "frames.max_frames=8",
-            "prefixes.num=4",
-            "success.threshold=-1000",
-        ]
-    )
-    (dataset,) = run(cfg).datasets.values()
+def pulled(golden_run, tmp_path_factory) -> Path:
+    """The session's golden relabel run (S3 to S3), its outputs for ``synth/v30`` pulled to a local folder."""
+    dataset_id = golden_run.datasets["v30"]
+    dataset = golden_run.summary.datasets[dataset_id]
     assert dataset.published and dataset.published.curated_episodes == len(SYNTH_LENGTHS)
     local = tmp_path_factory.mktemp("pulled") / "v30"
-    assert pull_main([f"{output}/{dataset.dataset_id}", str(local), f"output.storage_options={storage}"]) == 0
+    storage = f"output.storage_options={_storage(golden_run.s3_options)}"
+    assert pull_main([f"{golden_run.output}/{dataset_id}", str(local), storage]) == 0
     return local
 
 
