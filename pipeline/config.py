@@ -8,6 +8,7 @@ against these dataclasses, so a typo or a wrong type fails at start-up with the 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import logging
@@ -759,7 +760,13 @@ def config_with_recorded(recorded: dict[str, Any], overrides: list[str]) -> tupl
     Raises:
         ConfigError: an unknown override key, a wrong type, or an out-of-range value (recorded or given).
     """
-    known = _known(dict(recorded), RelabelConfig())
-    cfg = structured_config(RelabelConfig, OmegaConf.create(known), dotlist(overrides))
+    # A fleet's datasets were published by a handful of runs: build each distinct config once.
+    key = json.dumps(_known(dict(recorded), RelabelConfig()), sort_keys=True, default=str)
+    return _recorded_config(key, tuple(overrides)), override_keys(overrides)
+
+
+@functools.lru_cache(maxsize=64)
+def _recorded_config(known_json: str, overrides: tuple[str, ...]) -> RelabelConfig:
+    cfg = structured_config(RelabelConfig, OmegaConf.create(json.loads(known_json)), dotlist(list(overrides)))
     _validate(cfg)
-    return cfg, override_keys(overrides)
+    return cfg
