@@ -62,8 +62,10 @@ class ScoringProgress:
         interval_s: float,
         clock: Callable[[], float] = time.monotonic,
         logger: logging.Logger = log,
+        where: str = "",
     ) -> None:
         self.total = total
+        self.where = where
         self.interval_s = interval_s
         self.done = 0
         self.failed = 0
@@ -89,8 +91,9 @@ class ScoringProgress:
     def __enter__(self) -> ScoringProgress:
         self._started = self._clock()
         self._log.info(
-            "scoring: started, %s episodes pending; progress every %s",
+            "scoring: started, %s episodes pending%s; progress every %s",
             f"{self.total:,}",
+            f" on {self.where}" if self.where else "",
             format_duration(self.interval_s),
         )
         self._thread = threading.Thread(target=self._report, name="scoring-progress", daemon=True)

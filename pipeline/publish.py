@@ -338,5 +338,6 @@ def publish_all(
                 finished = len(changed) - len(waiting) - len(running)
                 line = outcomes[job.dataset_id].describe()[0]
                 log.info("publish: %s (%d/%d)", line, finished, len(changed))
-    log.info("publish: %d datasets, %d changed", len(jobs), len(changed))
+    if not changed:
+        log.info("publish: %d datasets, none changed", len(jobs))
     return [outcomes[job.dataset_id] for job in jobs]

@@ -21,7 +21,13 @@ from pipeline.catalog import EpisodeRecord, list_episodes
 from pipeline.config import ConfigError, RelabelConfig, config_hash
 from pipeline.failures import CREDENTIALS_HINT, failure_lines, looks_like_credentials
 from pipeline.frames.decode import decode_episode
-from pipeline.placement import ScorerPlacement, cluster_placement, resolve_model, scoring_line
+from pipeline.placement import (
+    ScorerPlacement,
+    cluster_placement,
+    resolve_model,
+    resolve_placement,
+    scoring_line,
+)
 from pipeline.preflight import check_run
 from pipeline.progress import ScoringProgress, quiet_ray_data
 from pipeline.publish import PublishJob, PublishOutcome, publish_all
@@ -43,6 +49,8 @@ log = logging.getLogger(__name__)
 
 # Scorer actors: no weight-loading progress bars in the log (huggingface_hub and transformers read it).
 SCORER_RUNTIME_ENV = {"env_vars": {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}}
+# CPUs per label-and-commit task: light work (no frames), mostly one small write.
+COMMIT_NUM_CPUS = 0.25
 
 
 @dataclass
@@ -193,8 +201,11 @@ def build_dataset(
             runtime_env=SCORER_RUNTIME_ENV,
         )
         # Scores-derived labels only: success and selection are decided at publish (pipeline.decision).
-        .map(label_episode)
-        # Shards are small (no frames); a handful of episodes per commit keeps file counts sane.
+        .map(label_episode, num_cpus=COMMIT_NUM_CPUS)
+        # Shards are small (no frames); a handful of episodes per commit keeps file counts sane. A
+        # fraction of a CPU (the same for both stages, so they stay fused): with a whole one, a small
+        # node's decode tasks hold the CPUs and every shard is committed at the very end, so progress
+        # shows nothing and a stopped run keeps nothing.
         .map_batches(
             write_shards,
             fn_kwargs={
@@ -204,6 +215,7 @@ def build_dataset(
             },
             batch_size=16,
             batch_format="numpy",
+            num_cpus=COMMIT_NUM_CPUS,
         )
     )
 
@@ -309,9 +321,9 @@ def _score(
     """
     connect_ray(cfg)
     quiet_ray_data(cfg.job.log_level)
-    placement = cluster_placement(cfg.ray, cfg.model)
+    placement = resolve_placement(cfg.ray, cfg.model, ray.cluster_resources())
     record.placement = asdict(placement)
-    with ScoringProgress(len(pending), cfg.job.progress_interval_s) as progress:
+    with ScoringProgress(len(pending), cfg.job.progress_interval_s, where=placement.describe()) as progress:
         for result in build_dataset(pending, cfg, chash, placement).iter_rows():
             summary = summaries[result["dataset_id"]]
             ok = result["status"] == "ok"
@@ -344,9 +356,13 @@ def missing_sources(uris: list[str], records: list[EpisodeRecord]) -> list[str]:
 
 
 def _log_plan(
-    records: list[EpisodeRecord], pending: list[dict[str, Any]], summaries: dict[str, DatasetSummary]
+    records: list[EpisodeRecord],
+    pending: list[dict[str, Any]],
+    summaries: dict[str, DatasetSummary],
+    run: str,
 ) -> None:
-    """The catalog and plan lines: datasets and episodes listed, then pending, skipped, given up."""
+    """The catalog and plan lines: datasets and episodes listed, then (for ``run``) pending, skipped,
+    given up."""
     listed = sum(not d.catalog_error for d in summaries.values())
     episodes = sum(record.episode_index >= 0 for record in records)
     unlisted = len(summaries) - listed
@@ -355,7 +371,8 @@ def _log_plan(
         listed, f"{episodes:,}", f"; {unlisted} dataset(s) could not be listed" if unlisted else "",
     )  # fmt: skip
     log.info(
-        "plan: %s episodes to score, %s already labelled (skipped), %s given up (retry.max_attempts)",
+        "plan: %s: %s episodes to score, %s already labelled (skipped), %s given up (retry.max_attempts)",
+        run,
         f"{len(pending):,}",
         f"{sum(d.skipped for d in summaries.values()):,}",
         f"{sum(d.gave_up for d in summaries.values()):,}",
@@ -371,8 +388,7 @@ def _run_phases(
     for uri in missing:
         log.warning("catalog: no dataset found under source %s (no meta/info.json there or below)", uri)
     pending, roots, states = _plan(records, cfg, chash, summaries)
-    _log_plan(records, pending, summaries)
-    log.info("relabel: run %s, config %s (%s %s)", record.run_id, chash, cfg.model.device, cfg.model.dtype)
+    _log_plan(records, pending, summaries, f"run {record.run_id}, config {chash}")
     placement = _score(pending, cfg, chash, summaries, record) if pending else None
     # Only datasets whose inputs changed since their last publish are written, one Ray task each.
     scored = {row["dataset_id"] for row in pending}

@@ -91,7 +91,8 @@ def test_some_failures_exit_3_only_with_fail_on_errors(tmp_path, tiny_model_dir)
     assert "lab/good: published" in job.stdout and "lab/fps0: FAILED" in job.stdout
     for line in (
         "catalog: 1 dataset(s), 2 episodes listed; 1 dataset(s) could not be listed",
-        "plan: 2 episodes",
+        "plan: run ",
+        ": 2 episodes to score, 0 already labelled (skipped), 0 given up",
         "scoring: started, 2 episodes pending",
         "publish: lab/good: published",
     ):
