@@ -191,9 +191,11 @@ def storage_retry_options(uri: str, storage_options: Mapping[str, Any], attempts
     user set explicitly are kept.
     """
     options = dict(storage_options)
-    if uri.startswith(("s3://", "s3a://")):
+    if canonical_uri(uri).startswith("s3://"):
         config_kwargs = dict(options.get("config_kwargs") or {})
-        config_kwargs.setdefault("retries", {"max_attempts": attempts, "mode": "standard"})
+        # botocore's ``max_attempts`` counts retries after the first request; ``total_max_attempts``
+        # counts every request, which is what ``retry.storage_attempts`` promises.
+        config_kwargs.setdefault("retries", {"total_max_attempts": attempts, "mode": "standard"})
         options["config_kwargs"] = config_kwargs
     return options
 

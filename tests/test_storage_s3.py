@@ -2,6 +2,7 @@
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from tests.conftest import BUCKET
 
@@ -45,3 +46,45 @@ def test_state_folder_on_s3_commits_in_one_put_and_drops_broken_markers(s3, s3_o
         name.startswith("ep-000000-") for name in (p.rsplit("/", 1)[1] for p in s3.ls(folder, refresh=True))
     )
     s3.rm(f"{BUCKET}/state-s3", recursive=True)
+
+
+def test_storage_attempts_counts_every_request_botocore_makes():
+    """``retry.storage_attempts=3`` means three requests in all, not three retries after the first."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import botocore.session
+    from botocore.config import Config
+
+    from pipeline.storage import storage_retry_options
+
+    seen = []
+
+    class Unavailable(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Unavailable)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        options = storage_retry_options("s3a://bucket/x", {}, 3)
+        config = Config(**options["config_kwargs"])
+        client = botocore.session.get_session().create_client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{server.server_port}",
+            region_name="us-east-1",
+            aws_access_key_id="k",
+            aws_secret_access_key="s",
+            config=config,
+        )
+        with pytest.raises(client.exceptions.ClientError):
+            client.get_object(Bucket="bucket", Key="x")
+    finally:
+        server.shutdown()
+    assert len(seen) == 3
