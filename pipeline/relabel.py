@@ -42,7 +42,7 @@ from pipeline.sinks import (
 )
 from pipeline.stages.label import label_episode
 from pipeline.stages.score import ScoreEpisodes
-from pipeline.stopping import RunStopped, start_ray, stop_on_signals
+from pipeline.stopping import RunStopped, requested_stop, start_ray, stop_on_signals
 from pipeline.storage import normalize_uri, redact, with_storage_retries
 
 log = logging.getLogger(__name__)
@@ -440,7 +440,11 @@ def run(cfg: RelabelConfig) -> RunSummary:
             placement, missing = _run_phases(cfg, chash, record, summaries)
             record_uri = _finish_record(record, cfg, summaries, None)
         except BaseException as err:
-            _finish_record(record, cfg, summaries, err)
+            # A stop raised inside Ray's compiled calls surfaces wrapped (SystemError): still a stop.
+            stop = requested_stop()
+            _finish_record(record, cfg, summaries, stop or err)
+            if stop is not None and stop is not err:
+                raise stop from None
             raise
     summary = RunSummary(chash, time.perf_counter() - started, summaries, placement=placement)
     summary.run_record_uri, summary.missing_sources = record_uri, missing

@@ -47,16 +47,27 @@ class RunStopped(BaseException):
         return 128 + self.signum
 
 
-_stopping = threading.Event()
+# The stop asked for inside the current stop_on_signals block (set in the main thread only).
+_requested: RunStopped | None = None
 
 
 def _handle(signum: int, frame: FrameType | None) -> None:
-    if _stopping.is_set():
+    global _requested
+    if _requested is not None:
         log.warning("%s received again: already stopping", signal.Signals(signum).name)
         return
-    _stopping.set()
+    _requested = RunStopped(signum)
     log.warning("%s received: stopping the run", signal.Signals(signum).name)
-    raise RunStopped(signum)
+    raise _requested
+
+
+def requested_stop() -> RunStopped | None:
+    """The stop a signal asked for in the current :func:`stop_on_signals` block, else None.
+
+    The exception that ends the run is not always the :class:`RunStopped` itself: raised inside one of
+    Ray's compiled calls (``ray.wait``) it surfaces as a ``SystemError`` whose context it is.
+    """
+    return _requested
 
 
 def _in_main_thread() -> bool:
@@ -73,14 +84,15 @@ def start_ray(init: Callable[[], object]) -> None:
     starts (seconds) becomes :class:`RunStopped` too, and the stop handlers are put back once it ran.
     Outside :func:`stop_on_signals` this only calls ``init``.
     """
+    global _requested
     try:
         init()
     except SystemExit as err:
         if not _active or err.code != signal.SIGTERM:
             raise
-        _stopping.set()
+        _requested = RunStopped(signal.SIGTERM)
         log.warning("SIGTERM received while Ray started: stopping the run")
-        raise RunStopped(signal.SIGTERM) from None
+        raise _requested from None
     if _active and _in_main_thread():
         for signum in STOP_SIGNALS:
             signal.signal(signum, _handle)
@@ -93,12 +105,12 @@ def stop_on_signals() -> Iterator[None]:
     A second signal while the run is stopping is logged and ignored, so the run record is still
     written; the handlers found on entry are restored on exit.
     """
-    global _active
+    global _active, _requested
     if not _in_main_thread():
         yield
         return
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-    _stopping.clear()
+    _requested = None
     _active = True
     try:
         for signum in STOP_SIGNALS:

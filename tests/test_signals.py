@@ -17,9 +17,8 @@ import pytest
 
 from devkit.synth import write_v30_dataset
 from pipeline.layout import EPISODES_FILE, PROGRESS_FILE
+from pipeline.stopping import RunStopped, requested_stop, stop_on_signals
 from tests.conftest import PROJECT_ROOT
-
-pytestmark = pytest.mark.slow
 
 EPISODES = 96
 DATASET = "lab/stops"
@@ -83,6 +82,27 @@ def _files(output: Path) -> list[str]:
     return sorted(p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file())
 
 
+def test_signals_become_one_stop_even_when_ray_wraps_it():
+    previous = signal.getsignal(signal.SIGTERM)
+    with stop_on_signals():
+        # Raised inside Ray's compiled calls (ray.wait) the stop surfaces as a SystemError.
+        with pytest.raises(SystemError):
+            try:
+                signal.raise_signal(signal.SIGTERM)
+                time.sleep(1)
+            except RunStopped as stop:
+                raise SystemError("returned a result with an exception set") from stop
+        stop = requested_stop()
+        assert stop is not None and stop.exit_code == 143
+        signal.raise_signal(signal.SIGINT)  # a second signal while stopping is ignored
+        time.sleep(0.01)
+        assert requested_stop() is stop
+    assert signal.getsignal(signal.SIGTERM) is previous
+    with stop_on_signals():
+        assert requested_stop() is None
+
+
+@pytest.mark.slow
 def test_sigterm_stops_cleanly_and_the_rerun_equals_an_uninterrupted_run(tmp_path, tiny_model_dir):
     source = write_v30_dataset(tmp_path / "fleet" / DATASET, lengths=[8] * EPISODES)
 
