@@ -51,18 +51,17 @@ class ScorerPlacement:
         )
 
     def remote_args(self) -> dict[str, Any]:
-        """Ray arguments of each scorer actor: its resources, and restarts without limit.
+        """The resources each scorer actor asks Ray for, as ``map_batches``' named arguments.
 
-        Restarts are Ray Data's default for pool actors, stated here because the scorer relies on them (a
-        fatal device error exits the actor, :mod:`pipeline.stages.score`) and because arguments that
-        differ from the decode stage's keep decode in its own CPU tasks: with equal arguments (a CPU
-        scorer and decode both at 0.5 CPU) Ray Data fuses decode into the actor, which then decodes on
-        its critical path instead of overlapping.
+        Restarts without limit, which the scorer relies on (a fatal device error exits the actor,
+        :mod:`pipeline.stages.score`), are Ray Data's default for pool actors and are not passed: Ray
+        deprecates other actor options through ``**ray_remote_args``.
         """
-        args: dict[str, Any] = {"num_gpus": self.num_gpus, "num_cpus": self.num_cpus, "max_restarts": -1}
-        if self.resources:
-            args["resources"] = dict(self.resources)
-        return args
+        return {
+            "num_gpus": self.num_gpus,
+            "num_cpus": self.num_cpus,
+            "resources": dict(self.resources) or None,
+        }
 
     def describe(self) -> str:
         """One line for the run summary, e.g. ``cuda bfloat16, 1-8 actors x 1 GPU``."""

@@ -195,10 +195,8 @@ def build_dataset(
             compute=placement.compute(),
             batch_size=cfg.ray.scorer_batch_size,
             batch_format="numpy",
-            num_gpus=placement.num_gpus,
-            num_cpus=placement.num_cpus,
-            resources=dict(placement.resources) or None,
             runtime_env=SCORER_RUNTIME_ENV,
+            **placement.remote_args(),
         )
         # Scores-derived labels only: success and selection are decided at publish (pipeline.decision).
         .map(label_episode, num_cpus=COMMIT_NUM_CPUS)

@@ -39,7 +39,7 @@ def test_gpu_cluster_gets_one_gpu_per_actor_and_a_pool_up_to_its_gpus():
     assert placement.describe() == "cuda bfloat16, 1-8 actors x 1 GPU"
     pool = placement.compute()
     assert (pool.min_size, pool.max_size, pool.max_tasks_in_flight_per_actor) == (1, 8, 2)
-    assert placement.remote_args() == {"num_gpus": 1.0, "num_cpus": 0.5, "max_restarts": -1}
+    assert placement.remote_args() == {"num_gpus": 1.0, "num_cpus": 0.5, "resources": None}
 
 
 def test_fractional_gpus_put_several_actors_on_each_gpu():
