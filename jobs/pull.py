@@ -134,9 +134,19 @@ def _fetch(fs: AbstractFileSystem, sizes: dict[str, int], remote: str, local: Pa
     fs.get([posixpath.join(remote, relative) for relative in sizes], [str(path) for path in targets])
     for (relative, size), path in zip(sizes.items(), targets, strict=True):
         got = path.stat().st_size if path.is_file() else None
-        if got != size and got != fs.info(posixpath.join(remote, relative)).get("size"):
+        if got != size and got != _current_size(fs, posixpath.join(remote, relative)):
             raise IncompleteVersion(f"{join_uri(uri, relative)}: copied {got} bytes of the {size} listed")
     return targets
+
+
+def _current_size(fs: AbstractFileSystem, path: str) -> int | None:
+    """The size the store reports now: a single file (info.json, stats, tasks, progress) may have been
+    replaced whole by a publish since the listing, and the listing cache still holds its old entry."""
+    fs.invalidate_cache(path)
+    try:
+        return fs.info(path).get("size")
+    except FileNotFoundError:
+        return None
 
 
 def verify_version(local: Path, version_uri: str) -> None:
