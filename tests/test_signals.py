@@ -20,7 +20,7 @@ from pipeline.layout import EPISODES_FILE, PROGRESS_FILE
 from pipeline.stopping import RunStopped, requested_stop, stop_on_signals
 from tests.conftest import PROJECT_ROOT
 
-EPISODES = 96
+EPISODES = 40
 DATASET = "lab/stops"
 # Without a committed shard by then, the stop comes this long after scoring started.
 STOP_AFTER_S = 20.0
@@ -36,13 +36,6 @@ def _command(source: Path, output: Path, model: Path) -> list[str]:
 
 def _env() -> dict[str, str]:
     return {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
-def _run(command: list[str], log: Path) -> int:
-    with log.open("w") as out:
-        return subprocess.run(
-            command, cwd=PROJECT_ROOT, env=_env(), stdout=out, stderr=out, timeout=600
-        ).returncode
 
 
 def _stop_while_scoring(command: list[str], output: Path, log: Path, signum: int) -> tuple[int, str, bool]:
@@ -103,11 +96,18 @@ def test_signals_become_one_stop_even_when_ray_wraps_it():
 
 
 @pytest.mark.slow
-def test_sigterm_stops_cleanly_and_the_rerun_equals_an_uninterrupted_run(tmp_path, tiny_model_dir):
+def test_sigterm_stops_cleanly_and_the_rerun_equals_an_uninterrupted_run(
+    ray_session, tmp_path, tiny_model_dir
+):
+    from pipeline.config import load_config
+    from pipeline.relabel import run
+
     source = write_v30_dataset(tmp_path / "fleet" / DATASET, lengths=[8] * EPISODES)
 
+    # The uninterrupted run and the rerun are the same job in this process, on the session's Ray (the
+    # job's own start and stop of Ray are checked by the stopped run, a real `python -m jobs.relabel`).
     clean = tmp_path / "clean"
-    assert _run(_command(source.parent, clean, tiny_model_dir), tmp_path / "clean.log") == 0
+    assert run(load_config(_command(source.parent, clean, tiny_model_dir)[3:])).failures == 0
 
     output = tmp_path / "out"
     command = _command(source.parent, output, tiny_model_dir)
@@ -124,14 +124,10 @@ def test_sigterm_stops_cleanly_and_the_rerun_equals_an_uninterrupted_run(tmp_pat
     assert visible == ["_topreward_output.json"], visible
     assert not any(".tmp" in f for f in _files(output) if not f.startswith("_state/"))
 
-    with (tmp_path / "rerun.log").open("w") as log:
-        rerun = subprocess.run(
-            command, cwd=PROJECT_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=log, timeout=600
-        )
-    assert rerun.returncode == 0, (tmp_path / "rerun.log").read_text()[-3000:]
-    row = next(line for line in rerun.stdout.decode().splitlines() if line.startswith(DATASET + " "))
-    scored, skipped = (int(n) for n in row.split()[1:3])
-    assert scored + skipped == EPISODES and (skipped > 0 or not committed), row  # went on from the commits
+    rerun = run(load_config(command[3:])).datasets[DATASET]
+    assert rerun.failures == 0, rerun.errors
+    # It went on from the stopped run's commits.
+    assert rerun.scored + rerun.skipped == EPISODES and (rerun.skipped > 0 or not committed), rerun
     _assert_same_published(output, clean)
     assert not any(".tmp" in f for f in _files(output)), _files(output)
     statuses = sorted(json.loads(p.read_text())["status"] for p in (output / "_runs").glob("*.json"))
