@@ -151,7 +151,9 @@ def list_episodes(source: SourceConfig) -> list[EpisodeRecord]:
                 other = roots_by_id[dataset_id][1]
                 records.append(_failed(root, f"{root}: dataset id collides with {other}"))
     failed = sum(record.status != "ok" for record in records)
-    log.info(
+    # DEBUG: the run's own catalog line (pipeline.relabel) counts datasets and episodes for the person
+    # reading the log; this one is for the report and other callers' debugging.
+    log.debug(
         "catalog: %d episode rows from %d source URI(s), %d failed", len(records), len(source.uris), failed
     )
     return records

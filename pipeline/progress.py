@@ -130,6 +130,10 @@ def quiet_ray_data(log_level: str) -> None:
     verbose = log_level.upper() == "DEBUG"
     # Ray Data then warns once how to turn the bars back on; job.log_level=DEBUG is how.
     logging.getLogger("ray.data._internal.progress").setLevel(logging.NOTSET if verbose else logging.ERROR)
+    # "Dataset ... execution finished in N s": the pipeline's own "scoring: finished" line says it.
+    logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(
+        logging.NOTSET if verbose else logging.WARNING
+    )
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = verbose
     ctx.enable_operator_progress_bars = verbose

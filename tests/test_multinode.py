@@ -60,7 +60,7 @@ def test_relabel_under_ray_job_submit(relabel_job, s3):
     assert "succeeded" in relabel_job.log
     assert "scored" in relabel_job.stdout  # the job's summary table reaches the submitter
     # The pipeline's own INFO lines reach the job log too (job.log_level), and the run leaves its record.
-    assert "INFO pipeline.catalog: catalog: 2 episode rows" in relabel_job.log
+    assert "INFO pipeline.relabel: catalog: 1 dataset(s), 2 episodes listed" in relabel_job.log
     assert len(s3.glob(f"{OUTPUT}/_runs/*.json")) == 1
     with s3.open(f"{OUTPUT}/synth/v30/episodes.parquet", "rb") as f:
         episodes = pq.read_table(f).to_pylist()

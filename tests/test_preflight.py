@@ -248,7 +248,10 @@ def test_exit_codes_and_log_lines_of_the_job(tmp_path, tiny_model_dir):
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert job.returncode == 4, job.stderr[-2000:]
-    assert "INFO pipeline.catalog: catalog: 1 episode rows" in job.stderr
+    assert (
+        "INFO pipeline.relabel: catalog: 0 dataset(s), 0 episodes listed; 1 dataset(s) could not be listed"
+        in job.stderr
+    )
     assert "lab/gone: FAILED" in job.stdout and "meta/info.json: not found" in job.stdout
     assert f"NO DATASET FOUND under source {missing}" in job.stdout
     assert f"no dataset found under {missing} (exit 4)" in job.stderr
