@@ -13,7 +13,7 @@ replaces an older shard.
 Markers carry, per episode, the status, the source fingerprint, the attempt number and the error, so
 the driver decides what to score (:func:`committed_state`) and what to publish from markers alone; the
 shard bodies are read only when a dataset is published (:func:`read_rows`). Leftovers of a killed write
-(temporary files, shards whose marker never landed) are removed by :func:`remove_leftovers` at the start
+(temporary files, shards whose marker never landed) are removed by :func:`clean_state` at the start
 of the next run.
 """
 
@@ -159,7 +159,7 @@ def commit_shard(table: pa.Table, folder_uri: str, storage_options: dict[str, An
     attempts = table.column("attempt").to_pylist()
     name = shard_name(episodes, fingerprints, attempts)
     shard_uri = join_uri(folder_uri, f"{name}.parquet")
-    # Locally a temp file renamed into place (a killed write leaves a .tmp for remove_leftovers); on an
+    # Locally a temp file renamed into place (a killed write leaves a .tmp for clean_state); on an
     # object store one PUT, where a temporary object would only add a copy and a delete.
     write_bytes(parquet_bytes(table), shard_uri, storage_options, name="shard")
     marker = {
@@ -301,8 +301,14 @@ def committed_state(folder_uri: str, storage_options: dict[str, Any]) -> State:
 
 
 def clean_state(folder_uri: str, storage_options: dict[str, Any]) -> State:
-    """:func:`remove_leftovers` then :func:`committed_state`, from one listing and one read of each marker
-    (what a run's plan does per dataset before it writes anything)."""
+    """Deletes what a killed write left in a state folder, then returns :func:`committed_state`; one
+    listing and one read of each marker (what a run's plan does per dataset before it writes anything).
+
+    Leftovers are temp files, markers that do not parse, and shards without a marker that parses. This
+    runs on the driver before any write of this run, so nothing it removes can be in flight (nightly
+    runs do not overlap: the schedulers in ``infra/`` refuse a second concurrent run). A storage error
+    reading a marker is raised and nothing is removed.
+    """
     fs, folder, names = _state_files(folder_uri, storage_options)
     markers, broken = _read_markers(folder_uri, storage_options, fs, folder, names)
     _remove_stale(folder_uri, fs, folder, names, set(broken))
@@ -347,22 +353,6 @@ def read_rows(
     if not tables:
         return SHARD_SCHEMA.empty_table()
     return pa.concat_tables(tables).sort_by("episode_index")
-
-
-def remove_leftovers(folder_uri: str, storage_options: dict[str, Any]) -> int:
-    """Deletes what a killed write left in a state folder: temp files, markers that do not parse, and
-    shards without a marker that parses.
-
-    Runs on the driver before any write of this run, so nothing it removes can be in flight (nightly
-    runs do not overlap: the schedulers in ``infra/`` refuse a second concurrent run). Reads every
-    marker: a storage error doing so is raised and nothing is removed.
-
-    Returns:
-        The number of objects removed.
-    """
-    fs, folder, names = _state_files(folder_uri, storage_options)
-    broken = set(_read_markers(folder_uri, storage_options, fs, folder, names)[1])
-    return _remove_stale(folder_uri, fs, folder, names, broken)
 
 
 def _remove_stale(folder_uri: str, fs: Any, folder: str, names: list[str], broken: set[str]) -> int:
