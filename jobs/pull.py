@@ -220,24 +220,6 @@ def _replace_curated(staged: Path | None, dest: Path) -> None:
         staged.rename(dest)
 
 
-def pull_curated(uri: str, dest: Path, storage_options: Mapping[str, Any] | None) -> list[Path]:
-    """Copies the current curated version of the dataset at ``uri`` to ``dest``, verified
-    (:func:`stage_curated`), replacing a copy already there in one rename, or removing it when no episode
-    is selected; returns the files written.
-
-    Raises:
-        IncompleteVersion: the version in the store is incomplete; ``dest`` was left as it was.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".curated-", dir=dest.parent))
-    try:
-        files = stage_curated(uri, staging / CURATED_DIR, storage_options)
-        _replace_curated(staging / CURATED_DIR if files is not None else None, dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return [dest / path.relative_to(staging / CURATED_DIR) for path in files or []]
-
-
 def _dataset_files(fs: AbstractFileSystem, root: str, uri: str) -> dict[str, int]:
     """The files directly in one dataset's output folder, with their listed sizes.
 

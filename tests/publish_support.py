@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from devkit.fake_labels import MODEL, job_for
-from jobs.pull import pull_curated
+from jobs.pull import pull
 from pipeline.config import RelabelConfig, load_config
 from pipeline.curated.pointer import resolve_curated
 from pipeline.layout import CURATED_DIR, EPISODES_FILE, PROGRESS_FILE
@@ -88,8 +88,10 @@ def _read_once(spec: dict[str, Any], scratch: Path) -> tuple[int, int]:
         # The documented reader rule: resolve the pointer once, then open the version it names.
         root = Path(resolve_curated(join_uri(base, CURATED_DIR), options))
     else:
-        root = Path(tempfile.mkdtemp(dir=scratch)) / CURATED_DIR
-        pull_curated(base, root, options)
+        # What a trainer does with an object store: jobs.pull, then open the local copy.
+        pulled = Path(tempfile.mkdtemp(dir=scratch)) / "pulled"
+        pull(base, pulled, options)
+        root = pulled / CURATED_DIR
     dataset = LeRobotDataset("reader/curated", root=root, video_backend="pyav")
     last = dataset[len(dataset) - 1]
     assert int(last["index"]) == len(dataset) - 1
