@@ -113,11 +113,8 @@ def command_line(argv: list[str] | None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the demo end to end; 0 when it ran, 2 refused in one line (see the module docstring)."""
-    try:
-        given = command_line(argv)
-    except Exit as done:
-        return done.code
-    return run_job(JOB, lambda: _demo(given))
+    # run_job also ends an Exit from the command line (--help, --print-config, a refusal) with its code.
+    return run_job(JOB, lambda: _demo(command_line(argv)))
 
 
 def _demo(given: list[str]) -> int:

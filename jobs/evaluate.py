@@ -139,11 +139,8 @@ def command_line(argv: list[str] | None) -> tuple[argparse.Namespace, JobArgs[Ev
 
 def main(argv: list[str] | None = None) -> int:
     """Evaluate, print, write the JSON; exit 2 with one line on a config error or a missing input."""
-    try:
-        args, job_args = command_line(argv)
-    except Exit as done:
-        return done.code
-    return run_job(JOB, lambda: _evaluate(args, job_args))
+    # run_job also ends an Exit from the command line (--help, --print-config, a refusal) with its code.
+    return run_job(JOB, lambda: _evaluate(*command_line(argv)))
 
 
 if __name__ == "__main__":

@@ -98,11 +98,8 @@ def command_line(argv: list[str] | None) -> tuple[argparse.Namespace, RelabelCon
 
 def main(argv: list[str] | None = None) -> int:
     """Score one episode; exit 2 on bad arguments, 1 if the episode cannot be scored."""
-    try:
-        args, cfg = command_line(argv)
-    except Exit as done:
-        return done.code
-    return run_job(JOB, lambda: _score(args, cfg))
+    # run_job also ends an Exit from the command line (--help, --print-config, a refusal) with its code.
+    return run_job(JOB, lambda: _score(*command_line(argv)))
 
 
 def _score(args: argparse.Namespace, cfg: RelabelConfig) -> int:
