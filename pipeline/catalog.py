@@ -1,10 +1,12 @@
 """Episode catalog: one row per episode of every LeRobot dataset under the source URIs.
 
-Runs on the driver. It finds dataset roots (folders holding ``meta/info.json``) with literal listings,
-reads each root's metadata through :func:`pipeline.reader.read_dataset` (``meta/info.json``, the episodes
-index, one listing of the camera's videos and for v2.1 of the data files, never frame data) and turns
-its :class:`~pipeline.reader.SourceEpisode` records into :class:`EpisodeRecord` rows. The LeRobot layouts
-(v3.0 and v2.1), the global index rules and the checks are the reader's.
+Runs on the driver. It finds dataset roots (folders holding ``meta/info.json``) in one literal,
+recursive listing per source URI, takes every dataset whose listed objects are unchanged from the fleet
+index (:mod:`pipeline.fleetindex`), and reads the others' metadata concurrently through
+:func:`pipeline.reader.read_dataset` (``meta/info.json``, the episodes index and, for v2.1, the index
+column of the data files; never frame data), turning their :class:`~pipeline.reader.SourceEpisode`
+records into :class:`EpisodeRecord` rows. The LeRobot layouts (v3.0 and v2.1), the global index rules
+and the checks are the reader's.
 
 Row schema (:meth:`EpisodeRecord.to_row`, one flat dict of plain Python values, a Ray Data row):
 
@@ -41,12 +43,15 @@ import hashlib
 import json
 import logging
 import posixpath
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from fsspec import AbstractFileSystem
 
 from pipeline.config import SourceConfig
+from pipeline.fleetindex import CATALOG, FleetIndex, listing_digest
 from pipeline.layout import OUTPUT_MARKER
 from pipeline.reader import (
     INFO_PATH,
@@ -56,7 +61,7 @@ from pipeline.reader import (
     dataset_id_for,
     read_dataset,
 )
-from pipeline.storage import filesystem_for, join_uri, list_folder, normalize_uri
+from pipeline.storage import filesystem_for, join_uri, list_files, normalize_uri
 
 __all__ = ["MAX_DISCOVERY_DEPTH", "EpisodeRecord", "dataset_id_for", "list_episodes"]
 
@@ -112,51 +117,106 @@ class EpisodeRecord:
         return row
 
 
-def list_episodes(source: SourceConfig) -> list[EpisodeRecord]:
+def list_episodes(source: SourceConfig, index: FleetIndex | None = None) -> list[EpisodeRecord]:
     """Lists every episode of every dataset under ``source.uris``.
 
     Each URI is a dataset root (it holds ``meta/info.json``) or a prefix holding datasets at most
-    :data:`MAX_DISCOVERY_DEPTH` levels down. A dataset whose metadata cannot be read never stops the
-    listing: it becomes one failed record naming the file and the reason.
+    :data:`MAX_DISCOVERY_DEPTH` levels down. Each URI is listed once, recursively (a few paginated
+    listings on an object store, whatever the number of datasets); the datasets are found in that
+    listing. A dataset whose listed objects (names, sizes, ETags / generations / mtimes) equal what
+    ``index`` recorded is taken from the index without a single read; the others are read (their
+    ``meta/info.json`` and episodes index) ``source.read_threads`` at a time. A dataset whose metadata
+    cannot be read never stops the listing: it becomes one failed record naming the file and the reason.
 
     Args:
         source: URIs, camera (default: the first video feature of each dataset), episode filter (indices
-            a dataset lacks are skipped) and storage options.
+            a dataset lacks are skipped), storage options and read concurrency.
+        index: The output's fleet index; updated with what was read. None: everything is read.
 
     Returns:
         Records ordered by source URI, dataset root and episode index.
     """
-    records: list[EpisodeRecord] = []
+    found: list[tuple[str, dict[str, Any] | None] | EpisodeRecord] = []
     roots_by_id: dict[str, tuple[str, str]] = {}
     for given in source.uris:
         try:
             uri = normalize_uri(given)
         except ValueError as err:
-            records.append(_failed(given, str(err)))
+            found.append(_failed(given, str(err)))
             continue
         fs, path = filesystem_for(uri, source.storage_options)
-        for root in _dataset_roots(fs, uri, path):
+        for root, files in _dataset_roots(fs, uri, path):
             try:
                 dataset_id = dataset_id_for(root)
             except ValueError as err:
-                records.append(_failed(root, str(err)))
+                found.append(_failed(root, str(err)))
                 continue
             # The same dataset may be reached twice (as a root and inside a prefix, or as path and file://).
             canonical = fs.unstrip_protocol(filesystem_for(root, source.storage_options)[1])
             if dataset_id not in roots_by_id:
                 roots_by_id[dataset_id] = (canonical, root)
-                records.extend(_dataset_episodes(root, source))
+                found.append((root, files))
             elif roots_by_id[dataset_id][0] != canonical:
                 # Outputs are written per dataset id, so two roots sharing one would mix their labels.
                 other = roots_by_id[dataset_id][1]
-                records.append(_failed(root, f"{root}: dataset id collides with {other}"))
+                found.append(_failed(root, f"{root}: dataset id collides with {other}"))
+    datasets = [item for item in found if not isinstance(item, EpisodeRecord)]
+    read = dict(zip((root for root, _ in datasets), _read_datasets(datasets, source, index), strict=True))
+    records = [
+        record
+        for item in found
+        for record in ([item] if isinstance(item, EpisodeRecord) else read[item[0]])
+    ]
     failed = sum(record.status != "ok" for record in records)
     # DEBUG: the run's own catalog line (pipeline.relabel) counts datasets and episodes for the person
     # reading the log; this one is for the report and other callers' debugging.
     log.debug(
-        "catalog: %d episode rows from %d source URI(s), %d failed", len(records), len(source.uris), failed
-    )
+        "catalog: %d episode rows from %d source URI(s), %d failed, %d dataset(s) unchanged (index)",
+        len(records), len(source.uris), failed, index.hits.get(CATALOG, 0) if index else 0,
+    )  # fmt: skip
     return records
+
+
+def _catalog_key(root: str, source: SourceConfig) -> str:
+    """The index key of a dataset's records: its root and the settings that shape them."""
+    return json.dumps([root, source.camera, source.episodes])
+
+
+def _read_datasets(
+    datasets: list[tuple[str, dict[str, Any] | None]], source: SourceConfig, index: FleetIndex | None
+) -> list[list[EpisodeRecord]]:
+    """Each dataset's records: from the index when its listing is unchanged, else read concurrently.
+
+    Only datasets that listed and read cleanly are indexed: a failure may be a storage error, not a fact
+    about the dataset, so a dataset with any failed record is read again next time.
+    """
+    results: list[list[EpisodeRecord] | None] = [None] * len(datasets)
+    todo = []
+    for i, (root, files) in enumerate(datasets):
+        cached = None
+        if index is not None and files is not None:
+            cached = index.get(CATALOG, _catalog_key(root, source), listing_digest(files))
+        if cached is None:
+            todo.append(i)
+        else:
+            results[i] = [_from_payload(row) for row in cached]
+
+    def read(i: int) -> list[EpisodeRecord]:
+        root, files = datasets[i]
+        records = _dataset_episodes(root, source, files)
+        if index is not None and files is not None and all(r.status == "ok" for r in records):
+            payload = [asdict(record) for record in records]
+            index.put(CATALOG, _catalog_key(root, source), listing_digest(files), payload)
+        return records
+
+    with ThreadPoolExecutor(source.read_threads) as pool:
+        for i, records in zip(todo, pool.map(read, todo), strict=True):
+            results[i] = records
+    return [records or [] for records in results]
+
+
+def _from_payload(row: dict[str, Any]) -> EpisodeRecord:
+    return EpisodeRecord(**{**row, "tasks": tuple(row["tasks"])})
 
 
 def _failed(root: str, reason: str, version: str = "") -> EpisodeRecord:
@@ -174,47 +234,86 @@ def _failed(root: str, reason: str, version: str = "") -> EpisodeRecord:
     )
 
 
-def _dataset_roots(fs: AbstractFileSystem, uri: str, path: str) -> list[str]:
-    """Dataset root URIs at or below ``uri``; the URI itself (to be reported as failed) when none is found."""
-    fs.invalidate_cache(path)  # a long-lived driver must see datasets uploaded since its last listing
+def _dataset_roots(
+    fs: AbstractFileSystem, uri: str, path: str
+) -> list[tuple[str, dict[str, dict[str, Any]] | None]]:
+    """Dataset roots at or below ``uri``, each with the files under it (relative path -> listing entry).
+
+    One recursive listing of ``uri``. When it finds no dataset, the URI itself (to be reported as
+    failed); when the listing itself fails, the URI itself with ``None`` for its files (reading it then
+    names the reason).
+    """
+    base = path.rstrip("/")
+    fs.invalidate_cache(base)  # a long-lived driver must see datasets uploaded since its last listing
     try:
-        found = _find_roots(fs, path.rstrip("/"), MAX_DISCOVERY_DEPTH)
+        files = list_files(fs, base)
     except Exception as err:  # any listing failure is reported on the row, not raised
         log.warning("catalog: cannot list %s: %s", uri, type(err).__name__)
-        found = []
-    if not found:
+        return [(uri.rstrip("/"), None)]
+    roots = _find_roots(_Tree(files), "", MAX_DISCOVERY_DEPTH)
+    if not roots:
         # Listed as one root so that the run records "not found" instead of silently scoring nothing.
-        return [uri.rstrip("/")]
-    base = path.rstrip("/")
-    return [
-        join_uri(uri, posixpath.relpath(root, base)) if root != base else uri.rstrip("/") for root in found
-    ]
+        return [(uri.rstrip("/"), {})]
+    by_root: dict[str, dict[str, dict[str, Any]]] = {root: {} for root in roots}
+    for name, info in files.items():
+        parts = name.split("/")
+        # A file belongs to the root among its ancestor folders (roots never nest).
+        for depth in range(min(len(parts) - 1, MAX_DISCOVERY_DEPTH) + 1):
+            owner = "/".join(parts[:depth])
+            if owner in by_root:
+                by_root[owner][name[len(owner) + 1 :] if owner else name] = info
+                break
+    return [(join_uri(uri, root) if root else uri.rstrip("/"), by_root[root]) for root in roots]
 
 
-def _find_roots(fs: AbstractFileSystem, path: str, depth: int) -> list[str]:
-    # One existence check and one delimiter listing per folder: never lists the files inside a dataset.
-    # Folder names are used literally (list_folder), never as glob patterns.
-    if fs.isfile(posixpath.join(path, INFO_PATH)):
-        return [path]
-    if depth == 0 or not fs.isdir(path):
+class _Tree:
+    """The folders of a recursive listing: each folder's entries (files and sub-folders), by name."""
+
+    def __init__(self, files: Mapping[str, Any]) -> None:
+        self.children: dict[str, set[str]] = {}
+        self.files = set(files)
+        for name in files:
+            parts = name.split("/")
+            for depth in range(len(parts)):
+                self.children.setdefault("/".join(parts[:depth]), set()).add(parts[depth])
+
+    def entries(self, folder: str) -> set[str]:
+        return self.children.get(folder, set())
+
+    def is_file(self, name: str) -> bool:
+        return name in self.files
+
+
+def _find_roots(tree: _Tree, folder: str, depth: int) -> list[str]:
+    # The listing's folders visited as a walk would: a root is not searched inside, sub-folders in name
+    # order, names used literally (never as glob patterns).
+    if tree.is_file(posixpath.join(folder, INFO_PATH)):
+        return [folder]
+    names = tree.entries(folder)
+    if depth == 0 or not names:
         return []
-    entries = list_folder(fs, path)
-    names = {posixpath.basename(entry["name"]) for entry in entries}
-    if OUTPUT_MARKER in names:
+    if OUTPUT_MARKER in names and tree.is_file(posixpath.join(folder, OUTPUT_MARKER)):
         # The pipeline's own outputs (published files, curated datasets) are never a source.
-        log.info("catalog: skipping %s: it holds topreward outputs", path)
+        log.info("catalog: skipping %s: it holds topreward outputs", folder or "the source root")
         return []
     if "meta" in names and ("data" in names or "videos" in names):
         # Looks like a dataset but has no meta/info.json: listed so that the run records why.
-        return [path]
-    folders = [entry["name"] for entry in entries if entry["type"] == "directory"]
-    return [root for folder in folders for root in _find_roots(fs, folder, depth - 1)]
+        return [folder]
+    folders = sorted(name for name in names if not tree.is_file(posixpath.join(folder, name)))
+    return [root for name in folders for root in _find_roots(tree, posixpath.join(folder, name), depth - 1)]
 
 
-def _dataset_episodes(root: str, source: SourceConfig) -> list[EpisodeRecord]:
-    """The records of one dataset root: its episodes, or one failed record naming the file and reason."""
+def _dataset_episodes(
+    root: str, source: SourceConfig, files: Mapping[str, Any] | None = None
+) -> list[EpisodeRecord]:
+    """The records of one dataset root: its episodes, or one failed record naming the file and reason.
+
+    ``files`` is the root's listing when the caller has it (then no folder of it is listed again).
+    """
     try:
-        meta = read_dataset(root, source.storage_options, source.camera, episodes=source.episodes)
+        meta = read_dataset(
+            root, source.storage_options, source.camera, episodes=source.episodes, listing=files
+        )
     except MetadataError as err:
         return [_failed(root, str(err), err.codebase_version)]
     records = [_failed(root, error, meta.codebase_version) for error in meta.errors]

@@ -44,6 +44,8 @@ class SourceConfig:
         storage_options: fsspec options for the sources, e.g. {endpoint_url: http://127.0.0.1:9000};
             secrets are never logged or recorded.
         block_size: Bytes per ranged read when streaming video from object storage.
+        read_threads: Datasets whose metadata (or committed state) the driver reads at once: only
+            new or changed ones are read, each a few small requests bound by latency.
     """
 
     uris: list[str] = field(default_factory=list)
@@ -51,6 +53,7 @@ class SourceConfig:
     episodes: list[int] | None = None
     storage_options: dict[str, Any] = field(default_factory=dict)
     block_size: int = 1 << 20
+    read_threads: int = 32
 
 
 @dataclass(frozen=True)
@@ -166,10 +169,13 @@ class OutputConfig:
     Attributes:
         uri: Output folder or prefix (local path, s3://, gs://); never inside a source.
         storage_options: fsspec options for the outputs, as for source.storage_options.
+        compact_markers: A dataset's committed shards are folded into one (shard and marker) when its
+            state folder holds more markers than this, at its next publish; bounds _state/ growth.
     """
 
     uri: str = "outputs/topreward"
     storage_options: dict[str, Any] = field(default_factory=dict)
+    compact_markers: int = 8
 
 
 @dataclass(frozen=True)
@@ -409,6 +415,8 @@ def _validate(cfg: RelabelConfig) -> None:
         ),
         ("job.progress_interval_s", cfg.job.progress_interval_s >= 1, "must be >= 1 second"),
         ("source.block_size", cfg.source.block_size >= 4096, "must be >= 4096 bytes"),
+        ("source.read_threads", cfg.source.read_threads >= 1, "must be >= 1"),
+        ("output.compact_markers", cfg.output.compact_markers >= 1, "must be >= 1"),
         (
             "publish.num_cpus",
             cfg.publish.num_cpus >= 1e-4,

@@ -5,6 +5,7 @@
     <output.uri>/
       _topreward_output.json        marks the folder as outputs: the catalog never lists it as a source
       _runs/<run id>.json           run records (pipeline.runrecord): the settings each run used
+      _state/_index.parquet         the fleet index: what the last night read, by digest (pipeline.fleetindex)
       _state/<config hash>/<id>/    committed shards and their markers (pipeline.sinks)
       <robot>/<task>/               one dataset's published files (dataset id = last two source parts)
         episodes.parquet            one row per episode
@@ -28,6 +29,7 @@ from pipeline.storage import ensure_under, join_uri, normalize_uri
 OUTPUT_MARKER = "_topreward_output.json"
 RUNS_DIR = "_runs"
 STATE_DIR = "_state"
+FLEET_INDEX_FILE = "_index.parquet"
 REPORT_DIR = "_report"
 EPISODES_FILE = "episodes.parquet"
 # LeRobot's RA-BC reader looks for this name (lerobot.rewards.topreward DEFAULT_OUTPUT_FILENAME; a test
@@ -121,6 +123,15 @@ class OutputLayout:
     def run_record(self, run_id: str) -> str:
         """One run's record."""
         return self._path(RUNS_DIR, f"{run_id}.json")
+
+    @property
+    def fleet_index(self) -> str:
+        """The fleet index (``pipeline.fleetindex``)."""
+        return self._path(STATE_DIR, FLEET_INDEX_FILE)
+
+    def states(self, config_hash: str) -> str:
+        """The state folders of every dataset for one config hash."""
+        return self._path(STATE_DIR, config_hash)
 
     def state(self, config_hash: str, dataset_id: str) -> str:
         """The committed shards of one dataset for one config hash."""

@@ -201,6 +201,18 @@ class _Source:
     root: str
     root_path: str
     storage_options: dict[str, Any]
+    # Every file under the root as one earlier listing reported it (relative path -> entry), or None:
+    # then the folders read are listed here.
+    listing: Mapping[str, Mapping[str, Any]] | None = None
+
+    def files(self, prefix: str) -> dict[str, Mapping[str, Any]]:
+        """Files below the folder ``prefix`` (relative to the root), by path relative to ``prefix``."""
+        if self.listing is None:
+            folder = self.path(prefix)
+            self.fs.invalidate_cache(folder)  # a long-lived driver must see objects rewritten since
+            return list_files(self.fs, folder)
+        start = f"{prefix.rstrip('/')}/" if prefix else ""
+        return {rel[len(start) :]: info for rel, info in self.listing.items() if rel.startswith(start)}
 
     def uri(self, relative: str) -> str:
         return join_uri(self.root, relative)
@@ -233,6 +245,7 @@ def read_dataset(
     *,
     all_cameras: bool = False,
     episodes: Collection[int] | None = None,
+    listing: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> DatasetMeta:
     """Reads one dataset root's metadata (v3.0 or v2.1), with literal listings only.
 
@@ -242,6 +255,9 @@ def read_dataset(
         camera: The video feature to locate; ``None``: the first video feature of the dataset.
         all_cameras: Locate every video feature instead (``camera`` must then be None).
         episodes: Only these episode indices (ones the dataset lacks are skipped); ``None``: all.
+        listing: Every file under the root (path relative to it -> its listing entry) from a listing the
+            caller already made (the catalog lists a whole source prefix at once); ``None``: the folders
+            needed are listed here. Either way ``meta/info.json`` and the episodes index are read.
 
     Returns:
         The dataset's metadata; episodes that cannot be used carry their ``error``.
@@ -259,7 +275,7 @@ def read_dataset(
         raise MetadataError(root, _ID_REASON) from None
     options = dict(storage_options or {})
     fs, root_path = filesystem_for(root, options)
-    source = _Source(fs, root, root_path.rstrip("/"), options)
+    source = _Source(fs, root, root_path.rstrip("/"), options, listing)
     with source.reading(INFO_PATH), fs.open(source.path(INFO_PATH), "rb") as f:
         info = json.load(f)
     version = str(info.get("codebase_version", "")) if isinstance(info, dict) else ""
@@ -376,10 +392,8 @@ def _identities(source: _Source, prefixes: list[str]) -> dict[str, str]:
         if any(not done or prefix == done or prefix.startswith(done + "/") for done in listed):
             continue
         listed.append(prefix)
-        folder = source.path(prefix)
-        source.fs.invalidate_cache(folder)  # a long-lived driver must see objects rewritten since
         with source.reading(prefix + "/"):
-            files = list_files(source.fs, folder)
+            files = source.files(prefix)
         for relative, info in files.items():
             identities[posixpath.join(prefix, relative) if prefix else relative] = object_identity(info)
     return identities
@@ -388,7 +402,9 @@ def _identities(source: _Source, prefixes: list[str]) -> dict[str, str]:
 # ---- v3.0 -------------------------------------------------------------------------------------------
 
 
-def episodes_index_files(fs: AbstractFileSystem, root_path: str) -> list[str]:
+def episodes_index_files(
+    fs: AbstractFileSystem, root_path: str, listed: Mapping[str, Any] | None = None
+) -> list[str]:
     """The v3.0 episodes index files, ``meta/episodes/<chunk>/<file>.parquet``, relative to the root.
 
     For readers of index columns :func:`read_dataset` does not return (the curated-set builder's
@@ -397,13 +413,15 @@ def episodes_index_files(fs: AbstractFileSystem, root_path: str) -> list[str]:
     Args:
         fs: The dataset's filesystem.
         root_path: The dataset root as ``fs`` understands it (no protocol).
+        listed: The files under ``meta/episodes/`` (path relative to it -> entry) when already listed.
 
     Returns:
         The files in name order; ``[]`` when there are none.
     """
     # The layout lerobot's load_nested_dataset reads (*/*.parquet), matched on listed names; one
     # recursive listing (a single prefix listing on object stores, where maxdepth would walk).
-    listed = list_files(fs, posixpath.join(root_path.rstrip("/"), EPISODES_DIR))
+    if listed is None:
+        listed = list_files(fs, posixpath.join(root_path.rstrip("/"), EPISODES_DIR))
     return [
         posixpath.join(EPISODES_DIR, relative)
         for relative in listed
@@ -414,7 +432,7 @@ def episodes_index_files(fs: AbstractFileSystem, root_path: str) -> list[str]:
 def _v30_index_files(source: _Source) -> list[str]:
     """The episodes index files, ``meta/episodes/<chunk>/<file>.parquet``, relative to the root."""
     with source.reading(EPISODES_DIR):
-        files = episodes_index_files(source.fs, source.root_path)
+        files = episodes_index_files(source.fs, source.root_path, source.files(EPISODES_DIR))
         if not files:
             raise FileNotFoundError(EPISODES_DIR)
     return files
