@@ -241,11 +241,15 @@ class JobConfig:
         log_level: DEBUG|INFO|WARNING|ERROR for the pipeline's own log lines.
         fail_on_errors: true: exit 3 when any episode or dataset failed (for alerting).
         progress_interval_s: Seconds between the "scoring: done/total, episodes/h, ETA" log lines.
+        keep_run_records: Run records kept under <output>/_runs/: the N most recent, plus any a dataset's
+            _published.json names; 0 = keep all.
     """
 
     log_level: str = "INFO"
     fail_on_errors: bool = False
     progress_interval_s: float = 30.0
+    # Applied at the end of a run by pipeline.runrecord.prune_run_records.
+    keep_run_records: int = 200
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,11 @@ stores, a rename on local disk), so a reader never sees half a record.
 It is also the truth later jobs read: ``<dataset>/_published.json`` names the run that published the
 dataset, and :func:`published_settings` returns that run's recorded config, which
 :func:`pipeline.config.config_with_recorded` turns back into a config under a job's own overrides.
+
+Retention (``job.keep_run_records``, default 200; 0 keeps every record): at the end of a run
+:func:`prune_run_records` deletes the records older than the N most recent, except the current run's and
+every record a dataset's ``_published.json`` still names (readers load that run's settings, so it stays
+however old it is). The report's run history (``jobs.report``) then shows the last N runs.
 """
 
 from __future__ import annotations
@@ -18,17 +23,27 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import posixpath
+import re
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
 from pipeline.atomic import write_bytes
-from pipeline.layout import RUNS_DIR, DatasetLayout, OutputLayout
-from pipeline.storage import _SECRET_MARKERS, filesystem_for, join_uri, read_json_files
+from pipeline.layout import REPORT_DIR, RUNS_DIR, STATE_DIR, DatasetLayout, OutputLayout
+from pipeline.storage import (
+    _SECRET_MARKERS,
+    filesystem_for,
+    join_uri,
+    list_folder,
+    read_json_files,
+    redact,
+)
 
 log = logging.getLogger(__name__)
 
@@ -225,3 +240,171 @@ def published_settings(dataset_uri: str, storage_options: Mapping[str, Any] | No
         log.info("%s: run record %s is missing or holds no config", layout.base, uri)
         return None
     return RecordedRun(run_id, record["config"], str(record.get("config_hash", "")), uri)
+
+
+# A record's file name as new_run_id makes it; other files under _runs/ are never touched by retention.
+_RECORD_NAME = re.compile(r"(\d{8}T\d{6}Z-[0-9a-f]{6})\.json")
+# Statuses whose record lists every dataset the run could have published (written by _finish_record).
+_FINISHED = ("completed", "stopped", "broken")
+# Top-level folders of an output that are not robots (never hold datasets).
+_NOT_DATASETS = (RUNS_DIR, STATE_DIR, REPORT_DIR)
+# Small objects read at once when retention has to check several.
+_READ_THREADS = 16
+
+
+def prune_run_records(
+    output_uri: str,
+    storage_options: Mapping[str, Any],
+    keep: int,
+    current_run_id: str,
+    published: Mapping[str, str] | None = None,
+) -> list[str]:
+    """Deletes the run records older than the ``keep`` most recent, except those still in use.
+
+    Applied at the end of a run (``job.keep_run_records``). Kept whatever their age: the current run's
+    record, and every record a dataset's ``_published.json`` names as its ``run_id`` (``jobs.report``
+    and ``jobs.evaluate`` load that run's settings, :func:`published_settings`). Which datasets can name
+    an old run is read from the old record itself: a completed run lists the datasets it published; a
+    stopped or broken one lists every dataset it planned. Only those datasets' ``_published.json`` are
+    read, and none that ``published`` already answers, so a nightly run over the same fleet reads
+    nothing but its ``_runs/`` listing and the one or two records it removes. A record that says nothing
+    usable (still ``running``: a driver killed outright, or a run going on elsewhere; not JSON; an older
+    format) is checked against every dataset of the output (the robot and task folders are listed). A
+    run still going elsewhere whose record is removed writes it again, whole, when it ends.
+
+    Files under ``_runs/`` not named like a run record are left alone. A storage error is logged as a
+    warning and the run goes on: retention is housekeeping, never a reason to fail a run.
+
+    Args:
+        output_uri: The run's ``output.uri``.
+        storage_options: fsspec options of the output.
+        keep: How many of the most recent records to keep (the current one among them); ``<= 0`` keeps
+            every record and reads nothing.
+        current_run_id: The run calling this; its record is never deleted.
+        published: What the caller knows of datasets' ``_published.json`` now: dataset id -> the run id
+            it names (the relabel run knows it for every dataset it published or found unchanged).
+
+    Returns:
+        The run ids whose records were deleted, oldest first.
+    """
+    if keep <= 0:
+        return []
+    try:
+        return _prune(output_uri, storage_options, keep, current_run_id, dict(published or {}))
+    except Exception as err:
+        reason = redact(f"{type(err).__name__}: {err}", storage_options)
+        log.warning("run records: none removed (job.keep_run_records=%d): %s", keep, reason)
+        return []
+
+
+def _prune(
+    output_uri: str, options: Mapping[str, Any], keep: int, current: str, named_by: dict[str, str]
+) -> list[str]:
+    layout = OutputLayout(output_uri)
+    fs, folder = filesystem_for(layout.runs, options)
+    folder = folder.rstrip("/")
+    fs.invalidate_cache(folder)
+    run_ids = sorted(
+        found.group(1)
+        for entry in list_folder(fs, folder)
+        if entry["type"] == "file" and (found := _RECORD_NAME.fullmatch(posixpath.basename(entry["name"])))
+    )
+    candidates = [run_id for run_id in run_ids[:-keep] if run_id != current]
+    # Records the caller already knows a dataset names are kept without reading anything.
+    known_in_use = set(named_by.values())
+    unknown = [run_id for run_id in candidates if run_id not in known_in_use]
+    records = _read_all(fs, [f"{folder}/{run_id}.json" for run_id in unknown])
+    # Per record, the datasets whose _published.json could name it; None: any dataset could.
+    could_name = [_publishers(record) for record in records]
+    datasets = set().union(*(ids for ids in could_name if ids is not None))
+    if any(ids is None for ids in could_name):
+        datasets |= _dataset_ids(fs, layout.uri, options)
+    unread = sorted(datasets - named_by.keys())
+    found = _read_all(fs, [_record_path(output_uri, dataset_id, options) for dataset_id in unread])
+    for dataset_id, record in zip(unread, found, strict=True):
+        named_by[dataset_id] = str((record or {}).get("run_id") or "")
+    in_use = set(named_by.values())
+    removable = [run_id for run_id in unknown if run_id not in in_use]
+    if removable:
+        fs.rm([f"{folder}/{run_id}.json" for run_id in removable])
+        fs.invalidate_cache(folder)
+    log.log(
+        logging.INFO if removable else logging.DEBUG,
+        "run records: %d removed (older than the %d most recent, job.keep_run_records)%s",
+        len(removable),
+        keep,
+        f"; {len(candidates) - len(removable)} older kept: datasets' _published.json name them"
+        if len(removable) < len(candidates)
+        else "",
+    )
+    return removable
+
+
+def _publishers(record: Any) -> set[str] | None:
+    """The datasets whose ``_published.json`` a run could have written, from its record; None: unknown."""
+    if not isinstance(record, dict) or record.get("status") not in _FINISHED:
+        return None
+    datasets = record.get("datasets")
+    if not isinstance(datasets, dict):
+        return None
+    if record["status"] == "completed":
+        # Every outcome was recorded: a dataset whose curated count is null was not published (or its
+        # publish failed, which leaves the previous _published.json as it was).
+        return {str(d) for d, counts in datasets.items() if not _unpublished(counts)}
+    # Stopped or broken: a publish task may have finished after the driver stopped listening.
+    return {str(d) for d in datasets}
+
+
+def _unpublished(counts: Any) -> bool:
+    """Whether a completed run's counts for a dataset say it was not published (the key present, null)."""
+    return isinstance(counts, dict) and "curated_episodes" in counts and counts["curated_episodes"] is None
+
+
+def _record_path(output_uri: str, dataset_id: str, options: Mapping[str, Any]) -> str:
+    """A dataset's ``_published.json`` as its filesystem names it; ``""`` for an id that is no dataset."""
+    try:
+        uri = DatasetLayout(output_uri, dataset_id).record
+    except ValueError:  # an id that would climb out of the output: it names nothing there
+        return ""
+    return filesystem_for(uri, options)[1]
+
+
+def _dataset_ids(fs: Any, output_uri: str, options: Mapping[str, Any]) -> set[str]:
+    """Every ``<robot>/<task>`` folder of the output (one listing of the root, one per robot folder)."""
+    _, root = filesystem_for(output_uri, options)
+    root = root.rstrip("/")
+    fs.invalidate_cache(root)
+    found = set()
+    for robot in list_folder(fs, root):
+        name = posixpath.basename(robot["name"])
+        if robot["type"] != "directory" or name in _NOT_DATASETS:
+            continue
+        for task in list_folder(fs, robot["name"]):
+            if task["type"] == "directory":
+                found.add(f"{name}/{posixpath.basename(task['name'])}")
+    return found
+
+
+def _read_all(fs: Any, paths: Iterable[str]) -> list[Any]:
+    """The parsed JSON of each path (concurrently), None for a missing or unreadable one or ``""``.
+
+    A file that cannot be parsed is None (its run is then checked against every dataset); any other
+    error (storage refusing) propagates.
+    """
+
+    def read(path: str) -> Any:
+        if not path:
+            return None
+        try:
+            return json.loads(fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
+            log.warning("run records: %s is not JSON", fs.unstrip_protocol(path))
+            return None
+
+    paths = list(paths)
+    if len(paths) <= 1:
+        return [read(path) for path in paths]
+    with ThreadPoolExecutor(min(_READ_THREADS, len(paths))) as pool:
+        return list(pool.map(read, paths))

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import runrecord
 from pipeline.config import config_with_recorded, load_config
 from pipeline.layout import RECORD_FILE, OutputLayout
-from pipeline.runrecord import RecordedRun, RunRecord, published_settings, without_secrets
+from pipeline.runrecord import RecordedRun, RunRecord, prune_run_records, published_settings, without_secrets
 
 SECRETS = ("AKIA-very-secret-key-id", "s3cr3t-value-never-written", "session-token-xyz", "hunter2-password")
 
@@ -140,3 +141,99 @@ def test_a_run_with_secret_storage_options_writes_and_logs_none(s3, s3_options, 
     assert record["status"] == "completed" and record["placement"] is None
     assert record["config"]["output"]["storage_options"]["endpoint_url"] == s3_options["endpoint_url"]
     assert (record["config"]["model"]["device"], record["config"]["model"]["dtype"]) == ("cpu", "float32")
+
+
+def _run(output: str, number: int, status: str = "completed", options: dict | None = None, **datasets) -> str:
+    """Writes the record of run ``number`` (ids sort by number) listing ``datasets`` (id -> curated count)."""
+    run_id = f"2026010{number}T000000Z-00000{number}"
+    counts = {
+        dataset.replace("__", "/"): {"curated_episodes": curated} for dataset, curated in datasets.items()
+    }
+    RunRecord(output, options or {}, "h", run_id=run_id, status=status, datasets=counts).write()
+    return run_id
+
+
+def _records(folder: Path) -> list[str]:
+    return sorted(path.stem for path in (folder / "_runs").glob("*.json"))
+
+
+def test_retention_keeps_the_newest_and_every_record_a_dataset_still_names(tmp_path, caplog):
+    output = tmp_path / "out"
+    runs = [_run(str(output), n, so100__pick=1, so100__place=2) for n in range(1, 7)]
+    _publish_record(output, "so100/pick", run_id=runs[0])  # unchanged since the first run
+    _publish_record(output, "so100/place", run_id=runs[2])
+    (output / "_runs" / "notes.json").write_text("{}")  # not a run record: never touched
+    caplog.set_level(logging.INFO, logger="pipeline")
+
+    assert prune_run_records(str(output), {}, 0, runs[-1]) == []  # 0 keeps every record
+    removed = prune_run_records(str(output), {}, 2, runs[-1])
+
+    assert removed == [runs[1], runs[3]]
+    assert _records(output) == sorted([runs[0], runs[2], runs[4], runs[5], "notes"])
+    assert "2 removed (older than the 2 most recent" in caplog.text and "2 older kept" in caplog.text
+    # What readers need still resolves; a second pass finds nothing more to remove.
+    assert published_settings(str(output / "so100" / "pick"), {}).run_id == runs[0]
+    assert prune_run_records(str(output), {}, 2, runs[-1]) == []
+
+
+def test_retention_never_removes_the_current_run_and_reads_only_what_the_caller_does_not_know(
+    tmp_path, monkeypatch
+):
+    output = tmp_path / "out"
+    runs = [_run(str(output), n, a__x=1, a__gone=None) for n in range(1, 5)]
+    _publish_record(output, "a/x", run_id=runs[0])
+    _publish_record(output, "a/gone", run_id=runs[1])  # impossible: run 2 recorded it as not published
+    read = []
+    real = runrecord._read_all
+
+    def counted(fs, paths):
+        read.extend(paths)
+        return real(fs, paths)
+
+    monkeypatch.setattr(runrecord, "_read_all", counted)
+
+    # The current run is the oldest (a clock set back): still kept. The caller knows what a/x names.
+    removed = prune_run_records(str(output), {}, 1, runs[0], published={"a/x": runs[0]})
+
+    assert removed == [runs[1], runs[2]] and _records(output) == [runs[0], runs[3]]
+    assert not any(path.endswith(RECORD_FILE) for path in read)  # a/x known, a/gone not published by them
+    assert not any(path.endswith(f"{runs[0]}.json") for path in read)  # known in use: not even read
+
+
+def test_retention_checks_every_dataset_for_a_run_that_left_no_usable_record(tmp_path):
+    output = tmp_path / "out"
+    killed = _run(str(output), 1, status="running")  # killed outright: its record lists nothing
+    lost = _run(str(output), 2, status="running")
+    stopped = _run(str(output), 3, status="stopped", b__y=None)  # a publish may have landed after the stop
+    unreadable = "20260104T000000Z-000004"
+    (output / "_runs" / f"{unreadable}.json").write_text('{"run_id": "cut sho')
+    newest = _run(str(output), 5)
+    _publish_record(output, "robot/task", run_id=killed)  # published before the driver died
+    _publish_record(output, "b/y", run_id=stopped)
+    (output / "_state" / "h" / "robot").mkdir(parents=True)  # pipeline folders are no datasets
+
+    removed = prune_run_records(str(output), {}, 1, newest)
+
+    assert removed == [lost, unreadable]
+    assert _records(output) == [killed, stopped, newest]
+
+
+def test_retention_on_s3_and_a_storage_error_only_warns(s3, s3_options, monkeypatch, caplog):
+    from tests.conftest import BUCKET
+
+    output = f"s3://{BUCKET}/retention"
+    runs = [_run(output, n, options=s3_options, so100__pick=1) for n in range(1, 5)]
+    s3.pipe(f"{BUCKET}/retention/so100/pick/{RECORD_FILE}", json.dumps({"run_id": runs[0]}).encode())
+
+    assert prune_run_records(output, s3_options, 2, runs[-1]) == [runs[1]]
+    assert sorted(p.rsplit("/", 1)[1] for p in s3.ls(f"{BUCKET}/retention/_runs", refresh=True)) == [
+        f"{runs[0]}.json", f"{runs[2]}.json", f"{runs[3]}.json"
+    ]  # fmt: skip
+
+    def refused(*args):
+        raise PermissionError(f"AccessDenied for key {s3_options['secret']}")
+
+    monkeypatch.setattr(runrecord, "list_folder", refused)
+    assert prune_run_records(output, s3_options, 1, runs[-1]) == []
+    assert "run records: none removed (job.keep_run_records=1): PermissionError" in caplog.text
+    assert s3_options["secret"] not in caplog.text
