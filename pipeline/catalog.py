@@ -163,9 +163,7 @@ def list_episodes(source: SourceConfig, index: FleetIndex | None = None) -> list
     datasets = [item for item in found if not isinstance(item, EpisodeRecord)]
     read = dict(zip((root for root, _ in datasets), _read_datasets(datasets, source, index), strict=True))
     records = [
-        record
-        for item in found
-        for record in ([item] if isinstance(item, EpisodeRecord) else read[item[0]])
+        record for item in found for record in ([item] if isinstance(item, EpisodeRecord) else read[item[0]])
     ]
     failed = sum(record.status != "ok" for record in records)
     # DEBUG: the run's own catalog line (pipeline.relabel) counts datasets and episodes for the person

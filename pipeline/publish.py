@@ -25,8 +25,10 @@ import hashlib
 import json
 import logging
 import posixpath
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -40,8 +42,9 @@ from pipeline.curated.builder import write_curated_dataset
 from pipeline.curated.pointer import pointer_age_s
 from pipeline.curated.source import CurationError
 from pipeline.decision import decide
+from pipeline.fleetindex import PUBLISHED, FleetIndex
 from pipeline.layout import EPISODES_FILE, PROGRESS_FILE, DatasetLayout, OutputLayout
-from pipeline.sinks import CommittedEpisode, read_rows
+from pipeline.sinks import CommittedEpisode, compact_state, read_rows
 from pipeline.storage import filesystem_for, join_uri, redact
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,8 @@ class PublishJob:
     episodes: tuple[CommittedEpisode, ...]
     # The run publishing it: _published.json names it, so readers find the settings in its run record.
     run_id: str = ""
+    # Fold the state folder's shards into one while publishing (it holds more than output.compact_markers).
+    compact: bool = False
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,8 @@ class PublishOutcome:
         bytes_written: Bytes of every file written by this publish.
         video_bytes_written: Bytes of curated mp4 files written by this publish.
         video_packet_bytes: Bytes of the video packets it stream-copied (the copied episodes' own size).
+        compacted: Whether its state folder's shards were folded into one by this publish.
+        record: What ``_published.json`` holds after this publish (empty when it failed).
     """
 
     dataset_id: str
@@ -112,6 +119,8 @@ class PublishOutcome:
     bytes_written: int = 0
     video_bytes_written: int = 0
     video_packet_bytes: int = 0
+    compacted: bool = False
+    record: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> list[str]:
         """The run summary's lines for this dataset."""
@@ -154,8 +163,12 @@ def progress_table(shards: pa.Table, vlm_name: str) -> pa.Table:
 
 
 def publish_digest(job: PublishJob, cfg: RelabelConfig) -> str:
-    """What a dataset's published files are a function of; equal digests mean there is nothing to do."""
-    entries = sorted((e.episode_index, e.shard, e.fingerprint, e.status) for e in job.episodes)
+    """What a dataset's published files are a function of; equal digests mean there is nothing to do.
+
+    Entries count by what they say (episode, fingerprint, status, attempt), not by the shard holding
+    them, so folding shards together (:func:`pipeline.sinks.compact_state`) changes nothing published.
+    """
+    entries = sorted((e.episode_index, e.fingerprint, e.status, e.attempts) for e in job.episodes)
     facts = {
         "protocol": PROTOCOL_VERSION,
         "dataset_id": job.dataset_id,
@@ -218,6 +231,7 @@ def _publish(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
     options = cfg.output.storage_options
     with touching(job.state_uri):
         rows = read_rows(job.state_uri, job.episodes, options)
+    compacted = job.compact and _compacted(job, rows, cfg)
     # Success and selection follow the current settings, so a calibrated threshold applies without
     # re-scoring anything.
     rows = decide(rows, cfg.success, cfg.curation)
@@ -252,6 +266,7 @@ def _publish(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
         bytes_written=written,
         video_bytes_written=curated.video_bytes_written,
         video_packet_bytes=curated.video_bytes,
+        compacted=compacted,
     )
     record = {
         "protocol": PROTOCOL_VERSION,
@@ -266,7 +281,19 @@ def _publish(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
     write_bytes(
         json.dumps(record, sort_keys=True, indent=1).encode(), layout.record, options, name="recorded"
     )
-    return outcome
+    return replace(outcome, record=record)
+
+
+def _compacted(job: PublishJob, rows: pa.Table, cfg: RelabelConfig) -> bool:
+    """Folds the dataset's shards into one; a failure is logged and changes nothing that is published
+    (the next publish tries again)."""
+    try:
+        compact_state(job.state_uri, rows, cfg.output.storage_options)
+        return True
+    except Exception as err:  # compaction only saves reads later; it must never fail a publish
+        reason = redact(f"{type(err).__name__}: {err}", cfg.output.storage_options)
+        log.warning("state: could not fold the shards of %s: %s", job.dataset_id, reason)
+        return False
 
 
 def publish_dataset(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
@@ -277,14 +304,23 @@ def publish_dataset(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
         return _failed(job, cfg, err)
 
 
-def _unchanged(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome | None:
-    """The outcome of a dataset whose inputs equal its last publish's, from its record; else None."""
+def _unchanged(job: PublishJob, cfg: RelabelConfig, index: FleetIndex | None) -> PublishOutcome | None:
+    """The outcome of a dataset whose inputs equal its last publish's; else None.
+
+    From the fleet index when it holds this digest (no request at all), else from the dataset's
+    ``_published.json`` (one read), which then goes into the index.
+    """
     layout = _layout(job, cfg)
     options = cfg.output.storage_options
-    record = _read_record(layout.record, options)
-    if record is None or record.get("digest") != publish_digest(job, cfg):
-        return None
-    if record["superseded"] and pointer_age_s(layout.curated, options) >= cfg.publish.keep_superseded_s:
+    digest = publish_digest(job, cfg)
+    record = index.get(PUBLISHED, job.dataset_id, digest) if index is not None else None
+    if record is None:
+        record = _read_record(layout.record, options)
+        if record is None or record.get("digest") != digest:
+            return None
+        if index is not None:
+            index.put(PUBLISHED, job.dataset_id, digest, record)
+    if record["superseded"] and _age_s(record, layout, options) >= cfg.publish.keep_superseded_s:
         return None  # a superseded version is due for removal: publishing again removes it
     version = record["curated_version"]
     return _outcome(
@@ -298,28 +334,49 @@ def _unchanged(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome | None:
     )
 
 
+def _age_s(record: dict[str, Any], layout: DatasetLayout, options: dict[str, Any]) -> float:
+    """Seconds since the publish that made ``record`` replaced the curated pointer."""
+    if isinstance(record.get("published_at"), int | float):
+        return time.time() - record["published_at"]
+    return pointer_age_s(layout.curated, options)
+
+
+def _check_unchanged(
+    jobs: list[PublishJob], cfg: RelabelConfig, index: FleetIndex | None
+) -> dict[str, PublishOutcome]:
+    """:func:`_unchanged` of every job, ``source.read_threads`` at a time; failures are failed outcomes."""
+
+    def check(job: PublishJob) -> PublishOutcome | None:
+        try:
+            return _unchanged(job, cfg, index)
+        except Exception as err:  # an unreadable record or a bad dataset id fails that dataset alone
+            return _failed(job, cfg, err)
+
+    with ThreadPoolExecutor(cfg.source.read_threads) as pool:
+        found = list(pool.map(check, jobs))
+    return {job.dataset_id: outcome for job, outcome in zip(jobs, found, strict=True) if outcome}
+
+
 def publish_all(
-    jobs: list[PublishJob], cfg: RelabelConfig, connect: Callable[[], None]
+    jobs: list[PublishJob], cfg: RelabelConfig, connect: Callable[[], None], index: FleetIndex | None = None
 ) -> list[PublishOutcome]:
     """Publishes every dataset whose inputs changed since its last publish, one Ray task per dataset.
 
-    The driver reads one small record per dataset to find the changed ones and calls ``connect`` (start
-    or join Ray) only if there is any. At most ``publish.max_parallel`` tasks run at once (0: as many as
-    the cluster fits, ``publish.num_cpus`` each). Outcomes come back in the order of ``jobs``.
+    The driver finds the changed ones from the fleet index (no request for a dataset it knows) or one
+    small record per dataset, and calls ``connect`` (start or join Ray) only if there is any. Before the
+    first task starts, the index forgets those datasets and is saved, so a publish killed half-way is
+    never taken for done. At most ``publish.max_parallel`` tasks run at once (0: as many as the cluster
+    fits, ``publish.num_cpus`` each). Outcomes come back in the order of ``jobs``; each published one is
+    put in the index (saved by the caller).
     """
-    outcomes: dict[str, PublishOutcome] = {}
-    changed = []
-    for job in jobs:
-        try:
-            found = _unchanged(job, cfg)
-        except Exception as err:  # an unreadable record or a bad dataset id fails that dataset alone
-            found = _failed(job, cfg, err)
-        if found is None:
-            changed.append(job)
-        else:
-            outcomes[job.dataset_id] = found
+    outcomes = _check_unchanged(jobs, cfg, index)
+    changed = [job for job in jobs if job.dataset_id not in outcomes]
     if changed:
         log.info("publish: %d of %d datasets changed, publishing", len(changed), len(jobs))
+        if index is not None:
+            for job in changed:
+                index.drop(PUBLISHED, job.dataset_id)
+            index.save()
         connect()
         task = ray.remote(publish_dataset).options(num_cpus=cfg.publish.num_cpus)
         limit = cfg.publish.max_parallel or len(changed)
@@ -335,6 +392,12 @@ def publish_all(
                     outcomes[job.dataset_id] = ray.get(ref)
                 except Exception as err:  # the task itself died (worker lost, out of memory)
                     outcomes[job.dataset_id] = _failed(job, cfg, err)
+                record = outcomes[job.dataset_id].record
+                if index is not None and record:
+                    # When the pointer was replaced, so a later night knows without asking the store.
+                    index.put(
+                        PUBLISHED, job.dataset_id, record["digest"], record | {"published_at": time.time()}
+                    )
                 finished = len(changed) - len(waiting) - len(running)
                 line = outcomes[job.dataset_id].describe()[0]
                 log.info("publish: %s (%d/%d)", line, finished, len(changed))

@@ -20,6 +20,7 @@ import ray
 from pipeline.catalog import EpisodeRecord, list_episodes
 from pipeline.config import ConfigError, RelabelConfig, config_hash
 from pipeline.failures import CREDENTIALS_HINT, failure_lines, looks_like_credentials
+from pipeline.fleetindex import FleetIndex
 from pipeline.frames.decode import decode_episode
 from pipeline.placement import (
     ScorerPlacement,
@@ -33,13 +34,7 @@ from pipeline.progress import ScoringProgress, quiet_ray_data
 from pipeline.publish import PublishJob, PublishOutcome, publish_all
 from pipeline.reader.dataset import INFO_PATH
 from pipeline.runrecord import RunRecord
-from pipeline.sinks import (
-    State,
-    clean_state,
-    committed_state,
-    state_uri,
-    write_shards,
-)
+from pipeline.sinks import State, list_states, load_states, marker_count, state_uri, write_shards
 from pipeline.stages.label import label_episode
 from pipeline.stages.score import ScoreEpisodes
 from pipeline.stopping import RunStopped, requested_stop, start_ray, stop_on_signals
@@ -219,18 +214,19 @@ def build_dataset(
 
 
 def _plan(
-    records: list[EpisodeRecord], cfg: RelabelConfig, chash: str, summaries: dict[str, DatasetSummary]
-) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, State]]:
+    records: list[EpisodeRecord],
+    states: dict[str, State],
+    cfg: RelabelConfig,
+    summaries: dict[str, DatasetSummary],
+) -> tuple[list[dict[str, Any]], dict[str, str]]:
     """Which episodes to score in this run; fills the per-dataset skip and give-up counts.
 
     An episode is skipped when an ``ok`` result is committed for its current fingerprint, given up on
     when its current fingerprint has failed ``retry.max_attempts`` times, and scored otherwise (with
-    its attempt number). Returns the pending rows, the root of every dataset that was listed, and the
-    committed state each decision was read from.
+    its attempt number). Returns the pending rows and the root of every dataset that was listed.
     """
     pending: list[dict[str, Any]] = []
     roots: dict[str, str] = {}
-    states: dict[str, State] = {}
     for record in records:
         summary = summaries.setdefault(record.dataset_id, DatasetSummary(record.dataset_id))
         if record.episode_index < 0:
@@ -238,9 +234,6 @@ def _plan(
             summary.catalog_error = record.error
             continue
         roots.setdefault(record.dataset_id, record.root)
-        if record.dataset_id not in states:
-            folder = state_uri(cfg.output.uri, chash, record.dataset_id)
-            states[record.dataset_id] = clean_state(folder, cfg.output.storage_options)
         row = record.to_row()
         entry = states[record.dataset_id].get((record.episode_index, row["fingerprint"]))
         if entry is not None and entry.status == "ok":
@@ -253,14 +246,37 @@ def _plan(
             row.pop("tasks")
             row["attempt"] = (entry.attempts if entry else 0) + 1
             pending.append(row)
-    return pending, roots, states
+    return pending, roots
+
+
+def _listed_ids(records: list[EpisodeRecord]) -> list[str]:
+    """The datasets whose episodes were listed (not those that failed as a whole)."""
+    return list(dict.fromkeys(record.dataset_id for record in records if record.episode_index >= 0))
+
+
+def _states(
+    cfg: RelabelConfig, chash: str, dataset_ids: list[str], index: FleetIndex
+) -> tuple[dict[str, State], dict[str, dict]]:
+    """The committed state of these datasets from one listing of ``_state/<hash>/`` (and the listing):
+    unchanged folders from the index, the others read concurrently, leftovers removed."""
+    listing = list_states(cfg.output.uri, chash, cfg.output.storage_options)
+    states = load_states(
+        cfg.output.uri,
+        chash,
+        dataset_ids,
+        cfg.output.storage_options,
+        listing=listing,
+        index=index,
+        threads=cfg.source.read_threads,
+    )
+    return states, listing
 
 
 def _publish_jobs(
     records: list[EpisodeRecord],
     roots: dict[str, str],
     states: dict[str, State],
-    scored: set[str],
+    listing: dict[str, dict],
     cfg: RelabelConfig,
     chash: str,
     run_id: str,
@@ -268,9 +284,8 @@ def _publish_jobs(
     """Per listed dataset, the committed result of each episode it has now, for its current fingerprint.
 
     Episodes gone from the source and results for an old fingerprint are left out, so the published
-    files never show stale labels. Only the datasets this run wrote to (``scored``) have their markers
-    read again; the others reuse the state the plan read, so a night with nothing new costs no more
-    reads than planning did.
+    files never show stale labels. A dataset whose state folder holds more than
+    ``output.compact_markers`` markers has them folded into one as it is published.
     """
     fingerprints: dict[str, list[tuple[int, str]]] = {}
     for record in records:
@@ -281,14 +296,11 @@ def _publish_jobs(
     jobs = []
     for dataset_id, root in roots.items():
         folder = state_uri(cfg.output.uri, chash, dataset_id)
-        state = (
-            committed_state(folder, cfg.output.storage_options)
-            if dataset_id in scored
-            else states[dataset_id]
-        )
+        state = states[dataset_id]
         current = tuple(state[key] for key in fingerprints.get(dataset_id, []) if key in state)
+        compact = marker_count(listing.get(dataset_id, {})) > cfg.output.compact_markers
         if current:
-            jobs.append(PublishJob(dataset_id, root, folder, current, run_id))
+            jobs.append(PublishJob(dataset_id, root, folder, current, run_id, compact))
     return jobs
 
 
@@ -380,19 +392,36 @@ def _log_plan(
 def _run_phases(
     cfg: RelabelConfig, chash: str, record: RunRecord, summaries: dict[str, DatasetSummary]
 ) -> tuple[ScorerPlacement | None, list[str]]:
-    """Catalog, plan, score, publish; fills ``summaries``, returns the placement and missing sources."""
-    records = list_episodes(cfg.source)
+    """Catalog, plan, score, publish; fills ``summaries``, returns the placement and missing sources.
+
+    What the night reads follows what changed (``docs/fleet-state.md``): one listing of each source
+    URI and of the state folders, the fleet index for everything those listings show unchanged, and
+    reads only of datasets that are new or changed.
+    """
+    index = FleetIndex.load(cfg.output.uri, cfg.output.storage_options)
+    records = list_episodes(cfg.source, index)
     missing = missing_sources(cfg.source.uris, records)
     for uri in missing:
         log.warning("catalog: no dataset found under source %s (no meta/info.json there or below)", uri)
-    pending, roots, states = _plan(records, cfg, chash, summaries)
+    states, listing = _states(cfg, chash, _listed_ids(records), index)
+    pending, roots = _plan(records, states, cfg, summaries)
     _log_plan(records, pending, summaries, f"run {record.run_id}, config {chash}")
     placement = _score(pending, cfg, chash, summaries, record) if pending else None
+    # The datasets this run wrote to are read again (one more listing, their new markers only).
+    scored = list(dict.fromkeys(row["dataset_id"] for row in pending))
+    if scored:
+        fresh, listing = _states(cfg, chash, scored, index)
+        states |= fresh
+    jobs = _publish_jobs(records, roots, states, listing, cfg, chash, record.run_id)
     # Only datasets whose inputs changed since their last publish are written, one Ray task each.
-    scored = {row["dataset_id"] for row in pending}
-    jobs = _publish_jobs(records, roots, states, scored, cfg, chash, record.run_id)
-    for outcome in publish_all(jobs, cfg, connect=lambda: connect_ray(cfg)):
+    outcomes = publish_all(jobs, cfg, connect=lambda: connect_ray(cfg), index=index)
+    for outcome in outcomes:
         summaries[outcome.dataset_id].publish = outcome
+    compacted = [outcome.dataset_id for outcome in outcomes if outcome.compacted]
+    if compacted:
+        _states(cfg, chash, compacted, index)  # the folded folders, so the next night knows them
+    index.save()
+    log.debug("fleet index: %s answered from the index", index.hits)
     return placement, missing
 
 

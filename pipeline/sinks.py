@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,8 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.atomic import TEMP_SUFFIX, parquet_bytes, write_bytes
-from pipeline.layout import OutputLayout
-from pipeline.storage import filesystem_for, join_uri, list_folder, redact
+from pipeline.fleetindex import STATE, FleetIndex, listing_digest
+from pipeline.layout import DATASET_ID_PARTS, OutputLayout
+from pipeline.storage import filesystem_for, join_uri, list_files, list_folder, redact
 
 log = logging.getLogger(__name__)
 
@@ -244,19 +245,42 @@ def _parse_marker(data: bytes, name: str) -> _Marker:
     return _Marker(committed_at, entries)
 
 
-def _state_files(folder_uri: str, storage_options: dict[str, Any]) -> tuple[Any, str, list[str]]:
+def _state_files(
+    folder_uri: str, storage_options: dict[str, Any], listed: Mapping[str, Any] | None = None
+) -> tuple[Any, str, list[str]]:
     """``(fs, folder path, names of the files directly in it)``; no names when the folder is absent.
 
-    Listed literally (never globbed: a dataset id may hold ``[`` or ``*``), after dropping fsspec's
-    listing cache, which another run in the same process may have filled.
+    ``listed`` is the folder's files (name -> listing entry) when the caller listed them already
+    (:func:`list_states`); otherwise the folder is listed literally (never globbed: a dataset id may
+    hold ``[`` or ``*``), after dropping fsspec's listing cache, which another run in the same process
+    may have filled.
     """
     fs, folder = filesystem_for(folder_uri, storage_options)
     folder = folder.rstrip("/")
+    if listed is not None:
+        return fs, folder, sorted(listed)
     fs.invalidate_cache(folder)
     names = [
         posixpath.basename(entry["name"]) for entry in list_folder(fs, folder) if entry["type"] == "file"
     ]
     return fs, folder, names
+
+
+def list_states(output_uri: str, config_hash: str, storage_options: dict[str, Any]) -> dict[str, dict]:
+    """Every dataset's state folder for one config hash: ``{dataset id: {file name: listing entry}}``.
+
+    One recursive listing of ``_state/<config hash>/`` (a few paginated requests on an object store for
+    thousands of datasets), instead of one listing per dataset.
+    """
+    fs, folder = filesystem_for(OutputLayout(output_uri).states(config_hash), storage_options)
+    folder = folder.rstrip("/")
+    fs.invalidate_cache(folder)
+    states: dict[str, dict] = {}
+    for relative, info in list_files(fs, folder).items():
+        *dataset, name = relative.split("/")
+        if len(dataset) == DATASET_ID_PARTS:
+            states.setdefault("/".join(dataset), {})[name] = info
+    return states
 
 
 def _read_markers(
@@ -289,30 +313,36 @@ def _read_markers(
 State = dict[tuple[int, str], CommittedEpisode]
 
 
-def committed_state(folder_uri: str, storage_options: dict[str, Any]) -> State:
+def committed_state(
+    folder_uri: str, storage_options: dict[str, Any], listed: Mapping[str, Any] | None = None
+) -> State:
     """What is committed per (episode, fingerprint), from the markers alone.
 
     An ``ok`` result wins over failures (the latest ``ok`` if several); otherwise the latest failure,
     with ``attempts`` the highest attempt number committed. A marker that does not parse is treated as
-    absent, with a warning naming it: its episodes are scored again.
+    absent, with a warning naming it: its episodes are scored again. ``listed``: the folder's files
+    when already listed (:func:`list_states`).
     """
-    fs, folder, names = _state_files(folder_uri, storage_options)
+    fs, folder, names = _state_files(folder_uri, storage_options, listed)
     return _state_of(_read_markers(folder_uri, storage_options, fs, folder, names)[0])
 
 
-def clean_state(folder_uri: str, storage_options: dict[str, Any]) -> State:
-    """Deletes what a killed write left in a state folder, then returns :func:`committed_state`; one
-    listing and one read of each marker (what a run's plan does per dataset before it writes anything).
+def clean_state(
+    folder_uri: str, storage_options: dict[str, Any], listed: Mapping[str, Any] | None = None
+) -> tuple[State, list[str]]:
+    """Deletes what a killed write left in a state folder, then returns :func:`committed_state` and the
+    names removed; one listing (none when ``listed`` is given) and one read of each marker (what a run's
+    plan does per changed dataset before it writes anything).
 
     Leftovers are temp files, markers that do not parse, and shards without a marker that parses. This
     runs on the driver before any write of this run, so nothing it removes can be in flight (nightly
     runs do not overlap: the schedulers in ``infra/`` refuse a second concurrent run). A storage error
     reading a marker is raised and nothing is removed.
     """
-    fs, folder, names = _state_files(folder_uri, storage_options)
+    fs, folder, names = _state_files(folder_uri, storage_options, listed)
     markers, broken = _read_markers(folder_uri, storage_options, fs, folder, names)
-    _remove_stale(folder_uri, fs, folder, names, set(broken))
-    return _state_of(markers)
+    removed = _remove_stale(folder_uri, fs, folder, names, set(broken))
+    return _state_of(markers), removed
 
 
 def _state_of(markers: list[_Marker]) -> State:
@@ -355,8 +385,8 @@ def read_rows(
     return pa.concat_tables(tables).sort_by("episode_index")
 
 
-def _remove_stale(folder_uri: str, fs: Any, folder: str, names: list[str], broken: set[str]) -> int:
-    """Removes temp files, the ``broken`` markers and shards without a marker that parses."""
+def _remove_stale(folder_uri: str, fs: Any, folder: str, names: list[str], broken: set[str]) -> list[str]:
+    """Removes temp files, the ``broken`` markers and shards without a marker that parses; their names."""
     committed = {
         name[: -len(MARKER_SUFFIX)] for name in names if name.endswith(MARKER_SUFFIX) and name not in broken
     }
@@ -371,4 +401,88 @@ def _remove_stale(folder_uri: str, fs: Any, folder: str, names: list[str], broke
         fs.rm_file(f"{folder}/{name}")
     if stale:
         log.info("state: removed %d leftover object(s) of an interrupted write in %s", len(stale), folder_uri)
-    return len(stale)
+    return stale
+
+
+def _state_payload(state: State) -> list[list[Any]]:
+    return [
+        [e.episode_index, e.shard, e.status, e.fingerprint, e.attempts, e.error]
+        for e in sorted(state.values(), key=lambda e: (e.episode_index, e.fingerprint))
+    ]
+
+
+def _state_from_payload(payload: list[list[Any]]) -> State:
+    entries = [CommittedEpisode(int(e), s, st, fp, int(a), err) for e, s, st, fp, a, err in payload]
+    return {(entry.episode_index, entry.fingerprint): entry for entry in entries}
+
+
+def load_states(
+    output_uri: str,
+    config_hash: str,
+    dataset_ids: Iterable[str],
+    storage_options: dict[str, Any],
+    *,
+    listing: Mapping[str, Mapping[str, Any]],
+    index: FleetIndex | None = None,
+    threads: int = 1,
+) -> dict[str, State]:
+    """The committed state of many datasets: from the fleet index when a folder's listing is unchanged,
+    else read from its markers (:func:`clean_state`: leftovers removed), ``threads`` folders at a time.
+
+    Args:
+        listing: :func:`list_states` of the config hash, taken before this call.
+        index: The fleet index to answer from and to update; None: every folder's markers are read.
+    """
+    ids = list(dict.fromkeys(dataset_ids))
+    states: dict[str, State] = {}
+    todo = []
+    for dataset_id in ids:
+        files = listing.get(dataset_id, {})
+        key = f"{config_hash}/{dataset_id}"
+        cached = index.get(STATE, key, listing_digest(files)) if index is not None else None
+        if cached is None:
+            todo.append(dataset_id)
+        else:
+            states[dataset_id] = _state_from_payload(cached)
+
+    def read(dataset_id: str) -> State:
+        files = dict(listing.get(dataset_id, {}))
+        folder = state_uri(output_uri, config_hash, dataset_id)
+        state, removed = clean_state(folder, storage_options, files)
+        if index is not None:
+            kept = {name: info for name, info in files.items() if name not in removed}
+            index.put(STATE, f"{config_hash}/{dataset_id}", listing_digest(kept), _state_payload(state))
+        return state
+
+    with ThreadPoolExecutor(threads) as pool:
+        states.update(zip(todo, pool.map(read, todo), strict=True))
+    return {dataset_id: states[dataset_id] for dataset_id in ids}
+
+
+def marker_count(files: Mapping[str, Any]) -> int:
+    """How many shard markers a state folder's listing holds."""
+    return sum(name.endswith(MARKER_SUFFIX) for name in files)
+
+
+def compact_state(folder_uri: str, rows: pa.Table, storage_options: dict[str, Any]) -> str:
+    """Folds a dataset's committed shards into one: ``rows`` (its current entries, ``SHARD_SCHEMA``,
+    as :func:`read_rows` returns them) are committed as one shard and marker, then every other marker
+    and every shard left without one is deleted; returns the new shard's URI.
+
+    Safe at any point of a kill: until the old markers are gone, the new marker repeats what they
+    commit (the newest wins, with equal entries), and shards whose marker is gone are leftovers that
+    :func:`clean_state` removes. Entries of episodes that are gone or of old fingerprints are dropped:
+    no current decision reads them. Runs in the dataset's publish task, after scoring has finished
+    writing (nothing else writes the folder then).
+    """
+    shard_uri = commit_shard(rows, folder_uri, storage_options)
+    keep = posixpath.basename(shard_uri)[: -len(".parquet")]
+    fs, folder, names = _state_files(folder_uri, storage_options)
+    markers = [n for n in names if n.endswith(MARKER_SUFFIX) and n != keep + MARKER_SUFFIX]
+    shards = [n for n in names if n.endswith((".parquet", TEMP_SUFFIX)) and n != keep + ".parquet"]
+    # Markers first: a shard whose marker is gone is a leftover, never a half-removed commit.
+    for group in (markers, shards):
+        if group:
+            fs.rm([f"{folder}/{name}" for name in group])
+    log.info("state: folded %d shard(s) into %s", len(markers) + 1, shard_uri)
+    return shard_uri

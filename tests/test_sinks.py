@@ -97,10 +97,10 @@ def test_leftovers_of_a_killed_write_are_removed_and_never_read(tmp_path):
     pq.write_table(batch_to_table(_batch([2], ["ok"]), "h"), folder / "ep-000002-orphan.parquet")
     (folder / ".ep-000003-x.123.tmp").write_bytes(b"partial")
     assert set(committed_state(str(folder), {})) == {(0, "fp")}
-    assert set(clean_state(str(folder), {})) == {(0, "fp")}  # and the two leftovers are gone
+    assert set(clean_state(str(folder), {})[0]) == {(0, "fp")}  # and the two leftovers are gone
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith("ep-000000")) == []
     assert set(committed_state(str(folder), {})) == {(0, "fp")}
-    assert clean_state(str(tmp_path / "nothing"), {}) == {}
+    assert clean_state(str(tmp_path / "nothing"), {}) == ({}, [])
 
 
 def test_a_plan_cleans_and_reads_the_state_reading_each_marker_once(tmp_path, monkeypatch):
@@ -118,7 +118,7 @@ def test_a_plan_cleans_and_reads_the_state_reading_each_marker_once(tmp_path, mo
         "cat_file",
         lambda fs, path, *a, **k: reads.append(path) or original(fs, path, *a, **k),
     )
-    state = clean_state(str(folder), {})
+    state, _ = clean_state(str(folder), {})
     assert set(state) == {(0, "fp"), (1, "fp")}
     assert sorted(os.path.basename(path) for path in reads) == sorted(
         name for name in os.listdir(folder) if name.endswith(MARKER_SUFFIX)
@@ -149,7 +149,7 @@ def test_a_marker_that_does_not_parse_counts_as_absent_and_is_removed(tmp_path, 
     assert all(f"unreadable shard marker {marker}" in warned for marker in markers), warned
 
     # The next run removes each broken marker with its shard, and reads the folder without warnings.
-    assert clean_state(str(folder), {}) == {}
+    assert clean_state(str(folder), {})[0] == {}
     assert list(folder.iterdir()) == []
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="pipeline.sinks"):
@@ -187,7 +187,7 @@ def test_the_marker_is_written_in_one_step_after_its_shard(tmp_path, monkeypatch
         commit_shard(batch_to_table(_batch([1], ["ok"]), "h"), str(folder), {})
     monkeypatch.undo()
     assert set(committed_state(str(folder), {})) == {(0, "fp")}
-    assert set(clean_state(str(folder), {})) == {(0, "fp")}
+    assert set(clean_state(str(folder), {})[0]) == {(0, "fp")}
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         [shard.rsplit("/", 1)[1], marker.rsplit("/", 1)[1]]
     )
