@@ -60,15 +60,35 @@ class SourceConfig:
 class FramesConfig:
     """How frames are sampled from an episode and the pinned size they are resized to.
 
+    Long episodes (reward resolution, README "Reward resolution"): ``max_frames`` lowers the rate of
+    an episode longer than ``max_frames / fps`` seconds; ``min_fps`` stops that drop, so a long episode
+    gets at least ``min_fps`` frames per second (its 2-frame blocks at most ``2 / min_fps`` s apart,
+    which is what lets ``prefixes.max_spacing_s`` place prefix ends that close), up to
+    ``max_frames_long`` frames (or ``max_frames``, if larger). An episode that ``max_frames`` leaves at
+    ``min_fps`` or above (at the defaults, up to 78 s) is sampled exactly as before the floor existed.
+
     Attributes:
         fps: Sampling rate over the raw episode, in Hz (real timestamps kept).
         max_frames: Even cap on sampled frames per episode; the rate drops for long episodes.
+        min_fps: Floor on that drop, in Hz: long episodes get more frames; null = no floor (the rate
+            keeps dropping, ``max_frames`` frames whatever the length).
+        max_frames_long: Even cap on frames the floor may add (768: the most Qwen3-VL's video processor
+            samples from one video); beyond ``max_frames_long / min_fps`` seconds the rate drops again.
         height: Pinned frame height, a multiple of the model's patch*merge (32 for Qwen3-VL).
         width: Pinned frame width, a multiple of the model's patch*merge (32 for Qwen3-VL).
+
+    ``min_fps`` and ``max_frames_long`` are hashed (:func:`config_hash`) like every frames key: they
+    change the frames of long episodes, so a run with them must not reuse results committed without
+    them. The first run after they were added therefore re-scores everything once; episodes up to 52 s
+    (at the defaults) get the same frames, prefix ends and scores as before, under the new hash. Keeping
+    the old hash for default runs would be unsound: the hash is per run, not per episode, and the old
+    results of long episodes (15 prefixes) would then count as current.
     """
 
     fps: float = 2.0
     max_frames: int = 64
+    min_fps: float | None = 0.8
+    max_frames_long: int = 768
     height: int = 256
     width: int = 256
 
@@ -77,11 +97,20 @@ class FramesConfig:
 class PrefixesConfig:
     """How many prefixes of the sampled video are scored.
 
+    ``max_spacing_s`` is the reward's time resolution: an episode gets more than ``num`` prefixes where
+    ``num`` evenly spaced ones would leave consecutive prefix ends more than this many seconds apart
+    (the fewest that do not, capped by its 2-frame blocks), so a 10-minute episode has 121 progress
+    points at most 5 s apart instead of 15 points 43 s apart on average (57 s at most). Hashed like every
+    prefixes key (see :class:`FramesConfig`).
+
     Attributes:
         num: K prefixes on 2-frame block boundaries; the last is the whole episode.
+        max_spacing_s: Largest gap, in seconds, between consecutive prefix ends; more prefixes where
+            the video is long; null = ``num`` prefixes whatever the length.
     """
 
     num: int = 15
+    max_spacing_s: float | None = 5.0
 
 
 @dataclass(frozen=True)
@@ -343,7 +372,22 @@ def _validate(cfg: RelabelConfig) -> None:
         ),
         ("frames.height", cfg.frames.height > 0, "must be > 0"),
         ("frames.width", cfg.frames.width > 0, "must be > 0"),
+        (
+            "frames.min_fps",
+            cfg.frames.min_fps is None or 0 < cfg.frames.min_fps <= cfg.frames.fps,
+            f"must be null or > 0 and <= frames.fps ({cfg.frames.fps})",
+        ),
+        (
+            "frames.max_frames_long",
+            cfg.frames.max_frames_long >= 2 and cfg.frames.max_frames_long % 2 == 0,
+            "must be even, >= 2",
+        ),
         ("prefixes.num", cfg.prefixes.num >= 1, "must be >= 1"),
+        (
+            "prefixes.max_spacing_s",
+            cfg.prefixes.max_spacing_s is None or cfg.prefixes.max_spacing_s > 0,
+            "must be null or > 0 seconds",
+        ),
         ("scoring.suffix_chunk", cfg.scoring.suffix_chunk >= 1, "must be >= 1"),
         ("success.window", cfg.success.window >= 1, "must be >= 1"),
         (

@@ -22,7 +22,7 @@ import numpy as np
 
 from pipeline.config import FramesConfig, PrefixesConfig
 from pipeline.errors import EpisodeError
-from pipeline.frames.schedule import FrameSchedule, episode_schedule
+from pipeline.frames.schedule import FrameSchedule, config_schedule
 from pipeline.storage import filesystem_for, redact
 
 log = logging.getLogger(__name__)
@@ -231,8 +231,9 @@ def decode_episode(
     Args:
         row: A catalog row (:class:`pipeline.catalog.EpisodeRecord` schema). Rows already failed pass
             through with empty frame columns.
-        frames_cfg: Sampling rate, frame cap and the pinned ``(height, width)``.
-        prefixes_cfg: Number of prefixes (for the schedule's prefix ends).
+        frames_cfg: Sampling rate, frame caps, the long-episode rate floor and the pinned
+            ``(height, width)``.
+        prefixes_cfg: Number of prefixes and their largest spacing (for the schedule's prefix ends).
         storage_options: fsspec options for the video URIs.
         block_size: Bytes per ranged read from storage.
 
@@ -279,9 +280,7 @@ def decode_episode(
 def _schedule(row: dict[str, Any], frames_cfg: FramesConfig, prefixes_cfg: PrefixesConfig) -> FrameSchedule:
     """The episode's schedule, checked against its span in the video file; errors name the file."""
     try:
-        schedule = episode_schedule(
-            int(row["length"]), float(row["fps"]), frames_cfg.fps, frames_cfg.max_frames, prefixes_cfg.num
-        )
+        schedule = config_schedule(int(row["length"]), float(row["fps"]), frames_cfg, prefixes_cfg)
     except EpisodeError as err:
         raise EpisodeError(f"{row['video_uri']}: {err}") from None
     span = row["to_timestamp"] - row["from_timestamp"]

@@ -12,7 +12,15 @@ Only the forward passes run per episode. Token ids come from the processor's tex
 work (:func:`~pipeline.scoring.inputs.encode_prompt_tokens`); the uint8 frames go to the device
 (pinned, non-blocking on CUDA) and are patchified and normalised there; positions, cuts, masks and
 readout indices depend only on the episode's token layout, so they are built once per layout and kept
-on the device (:class:`ScoringPlan`).
+on the device (:class:`ScoringPlan`), within a byte budget (long episodes have layouts of their own).
+
+Long episodes (many prefixes, README "Reward resolution"): the suffix passes run from the longest
+prefixes to the shortest, and before each pass the cache is cropped to the longest cut that pass needs,
+so a pass attends to (and its mask spans) only the context its prefixes see, not the whole video. An
+episode whose prefixes fit one pass (``scoring.suffix_chunk``, 16, at least ``prefixes.num``) is scored
+by exactly the same operations as before. Suffix positions are read off the full prompt's positions
+where the token after the cut is text (Qwen3-VL), checked against ``get_rope_index`` on the shortest
+and a middle prefix; otherwise (Qwen2.5-VL) each comes from ``get_rope_index`` as before.
 """
 
 from __future__ import annotations
@@ -32,8 +40,11 @@ from pipeline.scoring.inputs import EpisodeClip, block_ends, encode_prompt_token
 from pipeline.scoring.model import LoadedModel
 
 # Plans kept per scorer. A plan holds its masks on the device (about 6 MB in fp32 for K=15 over 64
-# frames at 256²); episodes of one dataset share a handful of layouts, so a few dozen cover them.
+# frames at 256²); episodes of one dataset share a handful of layouts, so a few dozen cover them. A long
+# episode's plan is larger (about 120 MB in fp32 for K=121 over 482 frames) and rarely shared, so the
+# cache is also bounded in bytes: the least recently used plans go first, the newest always stays.
 PLAN_CACHE_SIZE = 32
+PLAN_CACHE_BYTES = 1 << 30
 
 
 class StageClock:
@@ -88,6 +99,33 @@ def suffix_positions(
     return positions[:, 0, cut:]
 
 
+def read_off_suffix_positions(
+    full_positions: torch.Tensor, token_types: torch.Tensor, cut: int, context_len: int, suffix_len: int
+) -> torch.Tensor | None:
+    """The suffix's M-RoPE positions (3, S) after a cut at ``cut``, read off the full prompt; or None.
+
+    Where the token at ``cut`` in the full prompt is text (Qwen3-VL: the next block's timestamp after a
+    block's ``<|vision_end|>``), it continues the same text run the suffix would continue after the
+    truncated video, so it has the position the suffix's first token would have, and the suffix's
+    text tokens follow one by one on all three axes. None where that does not hold (the token after
+    the cut or a suffix token is not text: Qwen2.5-VL's single run of video pads), so the caller asks
+    ``get_rope_index``. :class:`CachedScorer` checks the result against ``get_rope_index`` per plan.
+
+    Args:
+        full_positions: ``get_rope_index`` of the full prompt, (3, 1, N).
+        token_types: the full prompt's token types (N,), 0 = text.
+        cut: where the prefix's context ends (a block end).
+        context_len: where the full video's context ends (the suffix starts).
+        suffix_len: the suffix's length (without the answer token).
+    """
+    if int(token_types[cut]) != 0 or bool(token_types[context_len : context_len + suffix_len].any()):
+        return None
+    start = full_positions[:, 0, cut]
+    if not bool((start == start[0]).all()):
+        return None
+    return start[:, None] + torch.arange(suffix_len, dtype=full_positions.dtype)[None, :]
+
+
 def _rope_extra(tokens: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {"second_per_grid_ts": tokens["second_per_grid_ts"]} if "second_per_grid_ts" in tokens else {}
 
@@ -95,16 +133,19 @@ def _rope_extra(tokens: dict[str, Any]) -> dict[str, torch.Tensor]:
 def packed_suffix_mask(
     cuts: list[int], context_len: int, suffix_len: int, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Additive mask (1, 1, c*S, L + c*S): suffix i sees the context up to ``cuts[i]`` and itself causally."""
+    """Additive mask (1, 1, c*S, L + c*S): suffix i sees the context up to ``cuts[i]`` and itself causally.
+
+    Built by comparing column indices with per-row bounds (one pass over the mask, not one per suffix:
+    a long episode's masks span tens of thousands of columns).
+    """
     count = len(cuts)
-    allow = torch.zeros(count * suffix_len, context_len + count * suffix_len, dtype=torch.bool)
-    causal = torch.ones(suffix_len, suffix_len, dtype=torch.bool).tril()
-    for i, cut in enumerate(cuts):
-        rows = slice(i * suffix_len, (i + 1) * suffix_len)
-        allow[rows, :cut] = True
-        own = context_len + i * suffix_len
-        allow[rows, own : own + suffix_len] = causal
-    mask = torch.zeros(allow.shape, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)
+    rows = torch.arange(count * suffix_len)
+    cols = torch.arange(context_len + count * suffix_len)[None, :]
+    row_cut = torch.tensor(cuts, dtype=torch.long).repeat_interleave(suffix_len)[:, None]
+    own_start = (context_len + (rows // suffix_len) * suffix_len)[:, None]
+    own_last = (context_len + rows)[:, None]  # row r is token r % S of its suffix: it sees up to itself
+    allow = (cols < row_cut) | ((cols >= own_start) & (cols <= own_last))
+    mask = torch.zeros(allow.shape, dtype=dtype).masked_fill_(~allow, torch.finfo(dtype).min)
     return mask[None, None]
 
 
@@ -126,9 +167,14 @@ class Layout:
 
 @dataclass(frozen=True)
 class SuffixChunk:
-    """One packed suffix pass: its positions, mask and readout rows, on the device."""
+    """One packed suffix pass: its positions, mask and readout rows, on the device.
+
+    ``keep`` is the context the pass needs: the longest cut among its prefixes. The cache is cropped to
+    it before the pass (passes run from the longest prefixes down, so nothing cropped is needed again).
+    """
 
     count: int
+    keep: int
     positions: torch.Tensor
     mask: torch.Tensor
     readout: torch.Tensor
@@ -136,18 +182,32 @@ class SuffixChunk:
 
 @dataclass(frozen=True)
 class ScoringPlan:
-    """The context's positions and every suffix chunk of one layout, on the device."""
+    """The context's positions and every suffix chunk of one layout, on the device.
+
+    ``chunks`` are in the order they run: from the longest prefixes to the shortest.
+    """
 
     context_positions: torch.Tensor
     chunks: tuple[SuffixChunk, ...]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the plan's tensors hold."""
+        tensors = [self.context_positions]
+        for chunk in self.chunks:
+            tensors += [chunk.positions, chunk.mask, chunk.readout]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
 
 class CachedScorer:
     """Scores episodes with one context forward plus packed suffix passes; keeps plans per layout."""
 
-    def __init__(self, loaded: LoadedModel, suffix_chunk: int = 16) -> None:
+    def __init__(
+        self, loaded: LoadedModel, suffix_chunk: int = 16, plan_cache_bytes: int = PLAN_CACHE_BYTES
+    ) -> None:
         self.loaded = loaded
         self.suffix_chunk = suffix_chunk
+        self.plan_cache_bytes = plan_cache_bytes
         self.plans: OrderedDict[Layout, ScoringPlan] = OrderedDict()
         tokenizer = loaded.processor.tokenizer
         self._video_token = tokenizer.convert_tokens_to_ids(loaded.processor.video_token)
@@ -166,26 +226,53 @@ class CachedScorer:
             video_grid_thw=tokens["video_grid_thw"],
             **_rope_extra(tokens),
         )
+        all_positions = self._all_suffix_positions(layout, tokens, full_positions, suffix_len)
         chunks = []
-        for start in range(0, len(layout.cuts), self.suffix_chunk):
+        starts = range(0, len(layout.cuts), self.suffix_chunk)
+        for start in reversed(starts):  # longest prefixes first: the cache only ever shrinks
             cuts = list(layout.cuts[start : start + self.suffix_chunk])
-            blocks = layout.blocks[start : start + self.suffix_chunk]
-            positions = torch.cat(
-                [suffix_positions(model, tokens, cut, b) for cut, b in zip(cuts, blocks, strict=True)], 1
-            )
+            keep = max(cuts)
+            positions = torch.cat(all_positions[start : start + self.suffix_chunk], 1)
             chunks.append(
                 SuffixChunk(
                     count=len(cuts),
+                    keep=keep,
                     positions=positions[:, None].to(device),
-                    mask=packed_suffix_mask(cuts, context_len, suffix_len, self.loaded.dtype).to(device),
+                    mask=packed_suffix_mask(cuts, keep, suffix_len, self.loaded.dtype).to(device),
                     readout=torch.tensor([(i + 1) * suffix_len - 1 for i in range(len(cuts))], device=device),
                 )
             )
         plan = ScoringPlan(full_positions[:, :, :context_len].to(device), tuple(chunks))
         self.plans[layout] = plan
-        if len(self.plans) > PLAN_CACHE_SIZE:
+        while len(self.plans) > 1 and (
+            len(self.plans) > PLAN_CACHE_SIZE
+            or sum(p.nbytes for p in self.plans.values()) > self.plan_cache_bytes
+        ):
             self.plans.popitem(last=False)
         return plan
+
+    def _all_suffix_positions(
+        self, layout: Layout, tokens: dict[str, Any], full_positions: torch.Tensor, suffix_len: int
+    ) -> list[torch.Tensor]:
+        """Every prefix's suffix positions (3, S), read off the full prompt where that is checked exact.
+
+        ``get_rope_index`` per prefix is integer work but walks the whole prefix in Python: seconds
+        for a long episode's hundred-odd prefixes. Read-offs are checked against it on the shortest
+        prefix and a middle one; a mismatch (or a layout where they do not apply) takes the per-prefix
+        path for every prefix.
+        """
+        model, context_len = self.loaded.model, tokens["context_len"]
+        types = tokens["mm_token_type_ids"][0]
+        pairs = list(zip(layout.cuts, layout.blocks, strict=True))
+        read = [
+            read_off_suffix_positions(full_positions, types, cut, context_len, suffix_len) for cut, _ in pairs
+        ]
+        found = [r for r in read if r is not None]
+        if len(found) == len(pairs):
+            checks = sorted({0, len(pairs) // 2})
+            if all(torch.equal(found[i], suffix_positions(model, tokens, *pairs[i])) for i in checks):
+                return found
+        return [suffix_positions(model, tokens, cut, b) for cut, b in pairs]
 
     def _tokens(self, prompt: str, clip: EpisodeClip) -> tuple[dict[str, Any], Layout]:
         tokens: dict[str, Any] = encode_prompt_tokens(self.loaded.processor, prompt, clip)
@@ -247,8 +334,13 @@ class CachedScorer:
             ).cache
         suffix_ids = ids[context_len:-1]
         picked = []
+        cached_len = context_len
         for chunk in plan.chunks:
             with _stage(clock, "suffix forward"):
+                if chunk.keep < cached_len:
+                    # Shorter prefixes never see past their own cuts: drop the context beyond them.
+                    cache.crop(chunk.keep - cached_len)
+                    cached_len = chunk.keep
                 logits = model(
                     input_ids=suffix_ids.repeat(chunk.count)[None],
                     position_ids=chunk.positions,
@@ -263,6 +355,7 @@ class CachedScorer:
                 logp = torch.log_softmax(logits[0].float(), dim=-1)
                 picked.append(logp[:, [target_id, false_id]])
         with _stage(clock, "log-softmax and readout"):
-            # One device-to-host copy per episode: the only point the host waits for the device.
-            scores = torch.cat(picked).double().cpu().numpy()
+            # One device-to-host copy per episode: the only point the host waits for the device. The
+            # passes ran longest prefixes first; back to prefix order.
+            scores = torch.cat(picked[::-1]).double().cpu().numpy()
         return scores[:, 0], scores[:, 1]
