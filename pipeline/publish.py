@@ -102,7 +102,8 @@ class PublishOutcome:
         video_bytes_written: Bytes of curated mp4 files written by this publish.
         video_packet_bytes: Bytes of the video packets it stream-copied (the copied episodes' own size).
         compacted: Whether its state folder's shards were folded into one by this publish.
-        record: What ``_published.json`` holds after this publish (empty when it failed).
+        record: What ``_published.json`` holds after this publish, or held when unchanged (empty when it
+            failed).
     """
 
     dataset_id: str
@@ -331,6 +332,7 @@ def _unchanged(job: PublishJob, cfg: RelabelConfig, index: FleetIndex | None) ->
         status="unchanged",
         curated_uri=join_uri(layout.curated, version) if version else None,
         curated_episodes=record["curated_episodes"],
+        record=record,
     )
 
 

@@ -33,7 +33,7 @@ from pipeline.preflight import check_run
 from pipeline.progress import ScoringProgress, quiet_ray_data
 from pipeline.publish import PublishJob, PublishOutcome, publish_all
 from pipeline.reader.dataset import INFO_PATH
-from pipeline.runrecord import RunRecord
+from pipeline.runrecord import RunRecord, prune_run_records
 from pipeline.sinks import State, list_states, load_states, marker_count, state_uri, write_shards
 from pipeline.stages.label import label_episode
 from pipeline.stages.score import ScoreEpisodes
@@ -422,6 +422,10 @@ def _run_phases(
         _states(cfg, chash, compacted, index)  # the folded folders, so the next night knows them
     index.save()
     log.debug("fleet index: %s answered from the index", index.hits)
+    published = {o.dataset_id: o.record["run_id"] for o in outcomes if o.record.get("run_id")}
+    prune_run_records(
+        cfg.output.uri, cfg.output.storage_options, cfg.job.keep_run_records, record.run_id, published
+    )
     return placement, missing
 
 
