@@ -7,28 +7,29 @@ the version its pointer names opens as is in ``LeRobotDataset(repo_id, root=...)
 * data rows are copied unchanged except ``episode_index`` (0..n-1), ``index`` (contiguous from 0) and
   ``task_index`` (re-mapped to the dataset's own ``meta/tasks.parquet``);
 * videos are **remuxed, not re-encoded** (:mod:`pipeline.curated.packers`);
-* metadata is written through lerobot's own ``LeRobotDatasetMetadata`` (episodes index, ``info.json``
-  totals, tasks, per-episode stats); ``stats.json`` is lerobot's ``aggregate_stats`` over every episode,
-  written with sorted keys so equal inputs give equal bytes;
+* metadata is written in LeRobot's v3.0 format (:mod:`pipeline.curated.v30`, which reproduces LeRobot's
+  writers without importing LeRobot, torch or transformers): episodes index, ``info.json`` totals, tasks,
+  per-episode stats; ``stats.json`` is LeRobot's ``aggregate_stats`` formula, kept as a running
+  aggregate (the committed ``stats.json`` plus the new episodes), written with sorted keys;
 * the dataset carries its own ``topreward_progress.parquet``, re-indexed to the new global indices;
 * each episode row records its source episode and fingerprint (``topreward/*`` columns), which is how a
-  later run knows what the published dataset holds.
+  later run knows what the published dataset holds, and the run it was written in.
 
 Publishing protocol (``docs/publishing.md``): the destination holds versions of the dataset behind a
 one-file pointer (:mod:`pipeline.curated.store`). Newly selected episodes are **appended** to the current
-version as new data, video and episodes files with fresh file indices, then ``tasks.parquet``,
-``stats.json``, the progress file, and ``info.json`` last. Published files are never modified, so a reader
-that read the previous ``info.json`` sees exactly the previous dataset (lerobot takes its length from
-``info.json`` and new files sort after the old ones). A selection that drops or changes an episode is
-written as a **new version** folder, complete before the pointer names it. Superseded versions and files
-of a publish cut short are removed by a later publish, once no reader that resolved the pointer before
-can still need them. Temporary space is one open file per camera plus one data file: each file is
-uploaded when it closes.
+version as a new run (new data, video and episodes files with fresh file indices), then
+``tasks.parquet``, the progress file, ``info.json`` (the commit point) and ``stats.json``. Published
+files are never modified, so a reader that read the previous ``info.json`` sees exactly the previous
+dataset. When the newest runs are many and small (:func:`plan_compaction`), they are **compacted**
+instead: a new version that keeps every other run's files as they are (hard links, or copies inside the
+store) and writes the small runs' episodes, with the new ones, into files of the normal size. A selection
+that drops or changes an episode is written as a **new version** of everything. A new version is
+complete before the pointer names it. Superseded versions and files of a publish cut short are removed
+by a later publish. Temporary space is one open file per camera plus one data and one episodes file.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from contextlib import ExitStack
@@ -39,40 +40,57 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from lerobot.datasets.compute_stats import aggregate_stats, compute_episode_stats
-from lerobot.datasets.dataset_metadata import LeRobotDatasetMetadata
-from lerobot.datasets.io_utils import cast_stats_to_numpy
-from lerobot.datasets.utils import (
-    DEFAULT_TASKS_PATH,
-    EPISODES_DIR,
-    INFO_PATH,
-    STATS_PATH,
-    DatasetInfo,
-    serialize_dict,
-)
 
 from pipeline.atomic import parquet_bytes, step
-from pipeline.curated.packers import DataPacker, VideoPacker
+from pipeline.curated.packers import DataPacker, EpisodesPacker, SchemaMismatch, VideoPacker
 from pipeline.curated.pointer import Pointer
-from pipeline.curated.source import Source
+from pipeline.curated.source import Source, SourceEpisode
 from pipeline.curated.store import (
+    RUN,
+    RUN_LEVEL,
     SOURCE_EPISODE,
     SOURCE_FINGERPRINT,
     Committed,
     Placed,
+    Run,
     Starts,
     VersionRoot,
     VersionStore,
 )
+from pipeline.curated.v30 import (
+    DEFAULT_TASKS_PATH,
+    INFO_PATH,
+    STATS_PATH,
+    Layout,
+    Stats,
+    aggregate_stats,
+    column_stats,
+    curated_info,
+    flatten,
+    info_bytes,
+    serialize_stats,
+    stats_json,
+    stored,
+    tasks_bytes,
+)
 from pipeline.layout import PROGRESS_FILE
-from pipeline.reader import SourceEpisode
 
 logger = logging.getLogger(__name__)
 
-# info.json does not store a repo id and nothing is pushed; lerobot's metadata writer only wants a name.
-_REPO_ID = "topreward/curated"
 # The columns whose values change when episodes are dropped; their per-episode stats are recomputed.
 _REINDEXED = ("episode_index", "index", "task_index")
+
+# Compaction (publish.curated_compact_fanout / publish.curated_compact_levels, to be wired into the
+# config): this many runs of one level at the end of the current version are packed into one run of the
+# next level, by a new version that keeps every other file. A run of the top level is never packed again,
+# so each episode's bytes are written at most 1 + COMPACT_LEVELS times, while the runs behind the pointer
+# stay at most COMPACT_FANOUT - 1 per level below the top (plus one top-level run per
+# COMPACT_FANOUT ** COMPACT_LEVELS publishes that append).
+COMPACT_FANOUT = 8
+COMPACT_LEVELS = 2
+# The level of a run that holds a whole selection (a first publish or a rebuild): above any
+# compact_levels, so that it is never written again by a compaction.
+_BASE_LEVEL = 999
 
 
 @dataclass(frozen=True)
@@ -84,12 +102,16 @@ class CuratedSummary:
             selection is empty.
         episodes: Episodes the dataset holds now.
         frames: Frames the dataset holds now.
-        mode: ``"unchanged"``, ``"appended"``, ``"rebuilt"`` (a new version) or ``"removed"``.
-        added: Episodes copied in this call.
+        mode: ``"unchanged"``, ``"appended"``, ``"compacted"`` (a new version keeping the files of all
+            but the newest runs), ``"rebuilt"`` (a new version of everything) or ``"removed"``.
+        added: Episodes copied in this call that the dataset did not hold (all of them when rebuilt).
         video_bytes: Bytes of video packets stream-copied in this call, over all cameras.
         bytes_written: Bytes of every file written in this call (videos, data, metadata, pointer).
         video_bytes_written: Bytes of the mp4 files written in this call.
         superseded: Superseded version folders still kept for readers that may be using them.
+        rewritten: Episodes the dataset already held that were copied again into fewer files (compacted).
+        bytes_carried: Bytes of files a compaction kept by hard link or by a copy inside the store (not
+            sent by this process).
     """
 
     uri: str | None
@@ -101,6 +123,8 @@ class CuratedSummary:
     bytes_written: int = 0
     video_bytes_written: int = 0
     superseded: tuple[str, ...] = ()
+    rewritten: int = 0
+    bytes_carried: int = 0
 
 
 @dataclass(frozen=True)
@@ -112,6 +136,35 @@ class _Inputs:
     camera_keys: list[str] | None
     progress: pa.Table | None
     temp_dir: str | None
+
+
+class _Incompatible(Exception):
+    """The new episodes cannot join the current version's files (cameras or columns differ)."""
+
+
+# Compaction ----------------------------------------------------------------------------------------
+
+
+def plan_compaction(runs: list[Run], new: int, fanout: int, levels: int) -> Run | None:
+    """The run a publish that appends ``new`` episodes after ``runs`` writes, when it compacts.
+
+    The new episodes form a run of level 0. While the last ``fanout`` runs share a level below
+    ``levels``, they become one run of the next level (so appends pack like a base-``fanout`` counter).
+    Returns the resulting last run when any packing happened (its episodes are written again, together,
+    into fresh files), None when the publish is a plain append.
+    """
+    runs = (
+        [*runs, Run(runs[-1].stop if runs else 0, (runs[-1].stop if runs else 0) + new, 0)] if new else runs
+    )
+    merged = None
+    while fanout > 1 and len(runs) >= fanout:
+        tail = runs[-fanout:]
+        level = tail[-1].level
+        if level >= levels or any(run.level != level for run in tail):
+            break
+        merged = Run(tail[0].start, tail[-1].stop, level + 1)
+        runs = [*runs[:-fanout], merged]
+    return merged
 
 
 # Re-indexing ---------------------------------------------------------------------------------------
@@ -141,84 +194,43 @@ def _reindex_rows(rows: pa.Table, episode_index: int, first_index: int, task_map
     )
 
 
-def _episode_stats(
-    source_stats: dict[str, dict[str, np.ndarray]], rows: pa.Table, features: dict[str, dict]
-) -> dict[str, dict[str, np.ndarray]]:
+def _episode_stats(source_stats: Stats, rows: pa.Table, features: dict[str, dict]) -> Stats:
     # Only the re-indexed columns changed; every other feature (videos included) keeps its source stats.
     kept = {key: value for key, value in source_stats.items() if key in features}
-    recomputed = compute_episode_stats({key: rows[key].to_numpy() for key in _REINDEXED}, features)
-    return {**kept, **recomputed}
+    recomputed = {key: column_stats(rows[key].to_numpy()) for key in _REINDEXED}
+    return stored({**kept, **recomputed})
 
 
-def _curated_progress(progress: pa.Table, placed: list[Placed]) -> pa.Table:
+def _curated_progress(progress: pa.Table, placed: Placed) -> pa.Table:
     """The curated episodes' progress rows, renumbered to their curated episode and global index."""
-    sources = pa.array([p.source for p in placed], pa.int64())
-    kept = progress.filter(pc.is_in(progress["episode_index"], value_set=sources))
-    old = kept["episode_index"].to_numpy()
+    order = np.argsort(placed.source, kind="stable")
+    sources = placed.source[order]
+    kept = progress.filter(pc.is_in(progress["episode_index"], value_set=pa.array(sources, pa.int64())))
+    position = order[np.searchsorted(sources, kept["episode_index"].to_numpy())]
     kept = _replace_columns(
         kept,
         {
-            "episode_index": _remap(old, {p.source: p.index for p in placed}),
-            "index": _remap(old, {p.source: p.from_index for p in placed}) + kept["frame_index"].to_numpy(),
+            "episode_index": placed.index[position],
+            "index": placed.from_index[position] + kept["frame_index"].to_numpy(),
         },
     )
     return kept.sort_by("index")
 
 
-def _stats_bytes(placed: list[Placed]) -> bytes:
-    # lerobot's aggregation over every episode, in episode order; keys sorted so equal stats, equal bytes.
-    stats = aggregate_stats([p.stats for p in placed])
-    return json.dumps(serialize_dict(stats), indent=4, sort_keys=True).encode()
-
-
-# Writing one version -------------------------------------------------------------------------------
-
-
-def _new_metadata(
-    info: DatasetInfo,
-    features: dict[str, dict],
-    cameras: list[str],
-    root: Path,
-    base: Committed | None,
-    starts: Starts,
-) -> LeRobotDatasetMetadata:
-    """lerobot's metadata writer for the version, in a local staging ``root``: it continues after the
-    ``base`` version's episodes, tasks and files (None: starts empty)."""
-    meta = LeRobotDatasetMetadata.create(
-        repo_id=_REPO_ID,
-        fps=info.fps,
-        features=features,
-        robot_type=info.robot_type,
-        root=root,
-        use_videos=bool(cameras),
-        chunks_size=info.chunks_size,
-        data_files_size_in_mb=info.data_files_size_in_mb,
-        video_files_size_in_mb=info.video_files_size_in_mb,
-    )
-    meta.info.tools = info.tools
-    if base is not None:
-        meta.info.total_episodes, meta.info.total_frames = base.info.total_episodes, base.info.total_frames
-        meta.tasks = base.tasks.copy()
-    if starts.episodes_after is not None:
-        # lerobot's writer resumes after the last episode it is shown: a new episodes file after the
-        # published ones, global indices continuing from the base's total.
-        chunk, file = starts.episodes_after
-        meta.episodes = [
-            {
-                "meta/episodes/chunk_index": chunk,
-                "meta/episodes/file_index": file,
-                "dataset_to_index": meta.info.total_frames,
-            }
-        ]
-    return meta
+# Writing episodes ----------------------------------------------------------------------------------
 
 
 class _Upload:
-    """Hands each finished local file to the version root under its relative path, then deletes it."""
+    """Hands each finished local file to the version root under its relative path, then deletes it.
+
+    Episodes files are held back until :meth:`flush_held` (after every data and video file): a reader
+    never finds an episodes row whose files are not there yet.
+    """
 
     def __init__(self, dest: VersionRoot, root: Path) -> None:
         self.dest, self.root = dest, root
         self.failed = False
+        self.held: list[Path] = []
 
     def __call__(self, path: Path) -> None:
         # Files finished while an episode fails are dropped: they would only be cleaned up later.
@@ -226,31 +238,70 @@ class _Upload:
             self.dest.put(path, path.relative_to(self.root).as_posix())
         path.unlink()
 
+    def hold(self, path: Path) -> None:
+        """Keeps a finished episodes file for :meth:`flush_held`."""
+        self.held.append(path)
+
+    def flush_held(self) -> None:
+        """Uploads the held episodes files."""
+        for path in self.held:
+            self(path)
+        self.held = []
+        step("new-files", self.dest.uri)
+
     def note_exit(self, exc_type: type[BaseException] | None, *_: object) -> bool:
         """An ``ExitStack`` callback: records whether the block is left by an exception (never swallows)."""
         self.failed = exc_type is not None
         return False
 
 
-@dataclass(frozen=True)
+@dataclass
+class _Tasks:
+    """The version's tasks table: texts by task index, growing as new episodes bring new tasks."""
+
+    names: list[str]
+
+    def index_of(self, name: str) -> int:
+        """The task's index, adding it at the end when new (as LeRobot's ``save_episode_tasks``)."""
+        if name not in self.names:
+            self.names.append(name)
+        return self.names.index(name)
+
+
+@dataclass
+class _Copied:
+    """What copying episodes wrote: their placement, their stored stats and their video packet bytes."""
+
+    placed: Placed
+    stats: list[Stats]
+    video_bytes: int
+
+
 class _Copier:
-    """Copies source episodes into the version being written: rows re-indexed, packets stream-copied."""
+    """Copies source episodes into the version being written: rows re-indexed, packets stream-copied,
+    one episodes row each."""
 
-    source: Source
-    meta: LeRobotDatasetMetadata
-    features: dict[str, dict]
-    task_names: dict[int, str]
-    data: DataPacker
-    videos: dict[str, VideoPacker]
+    def __init__(
+        self,
+        source: Source,
+        features: dict[str, dict],
+        tasks: _Tasks,
+        packers: tuple[DataPacker, dict[str, VideoPacker], EpisodesPacker],
+        run: Run,
+    ) -> None:
+        self.source, self.features, self.tasks, self.run = source, features, tasks, run
+        self.data, self.videos, self.episodes = packers
+        self.task_names = source.task_names()
+        self._row_bytes: int | None = None
 
-    def copy(self, episode: SourceEpisode, fingerprint: str) -> tuple[Placed, int]:
-        """Appends one episode; returns where it sits now and the video packet bytes copied."""
-        meta = self.meta
+    def copy(
+        self, episode: SourceEpisode, fingerprint: str, new_index: int, first_index: int
+    ) -> tuple[Stats, int]:
+        """Appends one episode as ``new_index`` from global index ``first_index``; returns its stored
+        stats and the video packet bytes copied."""
         rows = self.source.data_rows(episode)
         old_tasks = list(dict.fromkeys(rows["task_index"].to_pylist()))
-        meta.save_episode_tasks([self.task_names[task] for task in old_tasks])
-        task_map = {task: meta.get_task_index(self.task_names[task]) for task in old_tasks}
-        new_index, first_index = meta.info.total_episodes, meta.info.total_frames
+        task_map = {task: self.tasks.index_of(self.task_names[task]) for task in old_tasks}
         rows = _reindex_rows(rows, new_index, first_index, task_map)
         located = self.data.append(rows)
         video_bytes = 0
@@ -258,100 +309,159 @@ class _Copier:
             stream, packets = self.source.packets(episode, key)
             located |= packer.append(stream, packets, episode.videos[key])
             video_bytes += sum(p.size for p in packets)
-        located |= {SOURCE_EPISODE: episode.episode_index, SOURCE_FINGERPRINT: fingerprint}
-        # lerobot's own writer: episodes index row (from/to indices), info.json totals.
+        located |= {
+            SOURCE_EPISODE: episode.episode_index,
+            SOURCE_FINGERPRINT: fingerprint,
+            RUN: self.run.start,
+            RUN_LEVEL: self.run.level,
+        }
         stats = _episode_stats(self.source.stats(episode), rows, self.features)
-        meta.save_episode(new_index, episode.length, self.source.tasks(episode), stats, located)
-        # Stats as the episodes index stores them, so a later append aggregates the same numbers.
-        stored = cast_stats_to_numpy(serialize_dict(stats))
-        placed = Placed(episode.episode_index, fingerprint, new_index, first_index, episode.length, stored)
-        return placed, video_bytes
+        # The row as LeRobot's save_episode builds it: index, tasks, length, locations, stats, ranges.
+        row = {"episode_index": new_index, "tasks": self.source.tasks(episode), "length": episode.length}
+        row |= located
+        row |= flatten({"stats": serialize_stats(stats)})
+        row |= {"dataset_from_index": first_index, "dataset_to_index": first_index + episode.length}
+        if self._row_bytes is None:  # every row has the same columns: one estimate of its size
+            self._row_bytes = 8 * sum(len(v) if isinstance(v, list) else 1 for v in row.values()) + 64
+        row |= self.episodes.append(row, self._row_bytes)
+        return stats, video_bytes
 
 
 def _copy_episodes(
     source: Source,
-    new: list[tuple[int, str]],
-    meta: LeRobotDatasetMetadata,
+    copy: list[tuple[int, str]],
     features: dict[str, dict],
-    task_names: dict[int, str],
+    tasks: _Tasks,
+    layout: Layout,
     cameras: list[str],
     starts: Starts,
     upload: _Upload,
-) -> tuple[list[Placed], int]:
-    """Copies the ``new`` (episode, fingerprint)s into fresh packed files, each uploaded as it closes.
-
-    Returns:
-        The copied episodes, and the video packet bytes copied.
-    """
-    data = DataPacker(upload.root, meta.info, starts.data, upload)
-    videos = {key: VideoPacker(upload.root, meta.info, key, starts.videos[key], upload) for key in cameras}
-    copier = _Copier(source, meta, features, task_names, data, videos)
-    placed, video_bytes = [], 0
+    run: Run,
+    first_index: int,
+    schema: pa.Schema | None,
+) -> _Copied:
+    """Copies the ``copy`` (episode, fingerprint)s as episodes ``run.start``... into fresh packed files,
+    each data and video file uploaded as it closes, the episodes files after them."""
+    data = DataPacker(upload.root, layout, starts.data, upload)
+    videos = {key: VideoPacker(upload.root, layout, key, starts.videos[key], upload) for key in cameras}
+    episodes = EpisodesPacker(upload.root, layout, starts.episodes, upload.hold, schema)
+    copier = _Copier(source, features, tasks, (data, videos, episodes), run)
+    stats, video_bytes, lengths, firsts = [], 0, [], []
     with ExitStack() as closing:
-        # Open mp4s and lerobot's episodes writer are finished even if an episode fails.
-        closing.callback(meta.finalize)
+        # Open mp4s are finished even if an episode fails.
         for packer in videos.values():
             closing.callback(packer.close)
         closing.push(upload.note_exit)  # runs first on the way out
-        for (_, fingerprint), episode in zip(new, source.episodes(), strict=True):
-            episode_placed, episode_bytes = copier.copy(episode, fingerprint)
-            placed.append(episode_placed)
+        for offset, ((_, fingerprint), episode) in enumerate(zip(copy, source.episodes(), strict=True)):
+            episode_stats, episode_bytes = copier.copy(episode, fingerprint, run.start + offset, first_index)
+            stats.append(episode_stats)
             video_bytes += episode_bytes
+            lengths.append(episode.length)
+            firsts.append(first_index)
+            first_index += episode.length
         data.close()
-    return placed, video_bytes
+    try:
+        episodes.close()
+    except SchemaMismatch as err:
+        raise _Incompatible(str(err)) from err
+    upload.flush_held()
+    placed = Placed(
+        np.array([episode for episode, _ in copy], dtype=np.int64),
+        [fingerprint for _, fingerprint in copy],
+        np.arange(run.start, run.start + len(copy), dtype=np.int64),
+        np.array(firsts, dtype=np.int64),
+        np.array(lengths, dtype=np.int64),
+    )
+    return _Copied(placed, stats, video_bytes)
 
 
-def _commit_metadata(
-    dest: VersionRoot, root: Path, placed: list[Placed], progress: pa.Table | None, upload: _Upload
-) -> None:
-    """After the data and video files: lerobot's episodes files, then tasks, stats and progress, and
-    ``info.json`` last (the commit point of an append, and the last file of a new version)."""
-    for path in sorted((root / EPISODES_DIR).rglob("*.parquet")):
-        upload(path)
-    step("new-files", dest.uri)
-    if (root / DEFAULT_TASKS_PATH).exists():
-        dest.write((root / DEFAULT_TASKS_PATH).read_bytes(), DEFAULT_TASKS_PATH)
-    dest.write(_stats_bytes(placed), STATS_PATH)
-    if progress is not None:
-        dest.write(parquet_bytes(_curated_progress(progress, placed)), PROGRESS_FILE)
-    step("metadata", dest.uri)
-    dest.write((root / INFO_PATH).read_bytes(), INFO_PATH)
-    step("commit", dest.uri)
+@dataclass(frozen=True)
+class _Version:
+    """One write into a version root: the episodes it keeps, those it copies, and how its stats follow."""
+
+    dest: VersionRoot
+    base: Committed | None  # the committed version the kept episodes are read from
+    keep: int  # the base's first episodes kept as they are
+    copy: list[tuple[int, str]]  # (source episode, fingerprint)s copied after them, in order
+    run: Run  # the run the copied episodes form
+    stats_base: Stats | None  # aggregated stats the new episodes are added to (None: of the copied)
+    new: int  # how many of the copied episodes, at the end, are new to the dataset
+    carry_from: VersionRoot | None = None  # where the kept files are (None: already in dest)
+    append: bool = False  # info.json commits an append (stats.json follows it) rather than a version
 
 
-def _write_version(
-    source: Source,
-    cameras: list[str],
-    new: list[tuple[int, str]],
-    dest: VersionRoot,
-    base: Committed | None,
-    starts: Starts,
-    progress: pa.Table | None,
-    temp_dir: str | None,
-) -> tuple[list[Placed], int]:
-    """Writes the dataset ``base`` (None: empty) plus the ``new`` (episode, fingerprint)s into ``dest``.
-
-    New data, video and episodes files first (each uploaded when it closes), then tasks, stats, progress,
-    and ``info.json`` last.
+def _write(inputs: _Inputs, version: _Version) -> tuple[Placed, int]:
+    """Writes ``version``: kept files carried, copied episodes into fresh files, then the single files.
 
     Returns:
-        Every episode of the new version, and the video packet bytes copied.
+        Every episode of the version, and the video packet bytes copied.
     """
-    info = source.info
-    features = {key: ft for key, ft in info.features.items() if ft["dtype"] != "video" or key in cameras}
-    task_names = source.task_names()
-    placed = base.placed() if base else []
-    with tempfile.TemporaryDirectory(prefix="curated-", dir=temp_dir) as tmp:
-        root = Path(tmp) / "dataset"
-        meta = _new_metadata(info, features, cameras, root, base, starts)
-        upload = _Upload(dest, root)
-        copied, video_bytes = _copy_episodes(source, new, meta, features, task_names, cameras, starts, upload)
-        placed += copied
-        _commit_metadata(dest, root, placed, progress, upload)
-    return placed, video_bytes
+    base, dest = version.base, version.dest
+    with Source(inputs.source_uri, inputs.source_options, [ep for ep, _ in version.copy]) as source:
+        cameras = source.video_keys(inputs.camera_keys)
+        if base is not None and cameras != base.cameras:
+            raise _Incompatible(f"cameras {cameras} differ from the version's {base.cameras}")
+        features = {
+            key: ft for key, ft in source.info["features"].items() if ft["dtype"] != "video" or key in cameras
+        }
+        layout = base.layout if base is not None else source.layout
+        kept = base.placed().head(version.keep) if base is not None else Placed.empty()
+        tasks = _Tasks(list(base.tasks) if base is not None else [])
+        if version.carry_from is not None:
+            for relative in sorted(base.referenced(version.keep)):
+                dest.carry(version.carry_from, relative)
+        starts = base.starts(version.keep) if base is not None else Starts.fresh(cameras)
+        schema = base.schema if base is not None else None
+        with tempfile.TemporaryDirectory(prefix="curated-", dir=inputs.temp_dir) as tmp:
+            upload = _Upload(dest, Path(tmp) / "dataset")
+            copied = _copy_episodes(
+                source, version.copy, features, tasks, layout, cameras, starts, upload, version.run,
+                kept.frames, schema,
+            )  # fmt: skip
+        info = curated_info(
+            source.info,
+            features,
+            layout,
+            episodes=version.keep + len(copied.placed),
+            frames=kept.frames + copied.placed.frames,
+            tasks=len(tasks.names),
+        )
+    placed = kept + copied.placed
+    new_stats = copied.stats[len(copied.stats) - version.new :] if version.new else []
+    if version.stats_base is None:
+        stats = aggregate_stats(copied.stats)
+    else:
+        stats = aggregate_stats([version.stats_base, *new_stats]) if new_stats else version.stats_base
+    _commit(inputs, dest, info, tasks, stats, placed, version.append)
+    return placed, copied.video_bytes
 
 
-# Append or new version -----------------------------------------------------------------------------
+def _commit(
+    inputs: _Inputs,
+    dest: VersionRoot,
+    info: dict[str, Any],
+    tasks: _Tasks,
+    stats: Stats,
+    placed: Placed,
+    append: bool,
+) -> None:
+    """After the data, video and episodes files: tasks, progress, ``info.json`` (the commit point of an
+    append, and the last file a reader of a new version needs), with ``stats.json`` before it in a new
+    version and right after it in an append (so that it always covers exactly the committed episodes or
+    those before the last append: :meth:`~pipeline.curated.store.VersionRoot.running_stats`)."""
+    dest.write(tasks_bytes(tasks.names), DEFAULT_TASKS_PATH)
+    if not append:
+        dest.write(stats_json(stats), STATS_PATH)
+    if inputs.progress is not None:
+        dest.write(parquet_bytes(_curated_progress(inputs.progress, placed)), PROGRESS_FILE)
+    step("metadata", dest.uri)
+    dest.write(info_bytes(info), INFO_PATH)
+    step("commit", dest.uri)
+    if append:
+        dest.write(stats_json(stats), STATS_PATH, name="stats")
+
+
+# Append, compact or new version --------------------------------------------------------------------
 
 
 def write_curated_dataset(
@@ -366,6 +476,8 @@ def write_curated_dataset(
     fingerprints: dict[int, str] | None = None,
     temp_dir: str | None = None,
     keep_superseded_s: float = 0.0,
+    compact_fanout: int = COMPACT_FANOUT,
+    compact_levels: int = COMPACT_LEVELS,
 ) -> CuratedSummary:
     """Makes the current version under ``dest_uri`` a LeRobot v3.0 dataset of exactly the chosen episodes.
 
@@ -373,8 +485,10 @@ def write_curated_dataset(
     ``meta/tasks.parquet``; every other column and all pixels are the source's. Each camera's episodes
     are packed into ``videos/<key>/chunk-XXX/file-XXX.mp4`` without re-encoding (files roll over at the
     source's ``video_files_size_in_mb``). Episodes chosen since the last call are appended to the current
-    version (in source order, after the published ones); a selection that drops an episode or changes its
-    fingerprint writes a new version. The same arguments again write nothing. Open the result at
+    version (in source order, after the published ones), or compacted with the newest runs into a new
+    version (:func:`plan_compaction`); a selection that drops an episode or changes its fingerprint writes
+    a new version. The same arguments again write nothing. An append reads and writes only the new
+    episodes' rows and packets, plus the version's narrow index and single files. Open the result at
     ``summary.uri`` or through ``pipeline.curated.pointer.resolve_curated``.
 
     Args:
@@ -394,6 +508,9 @@ def write_curated_dataset(
         temp_dir: Local folder for the files being written; ``None`` uses the system's.
         keep_superseded_s: A superseded version is removed by the first call at least this long after
             the pointer stopped naming it (0: the next call).
+        compact_fanout: Runs of one level packed into one run of the next (below 2: never compact).
+        compact_levels: Levels of packing: an episode's bytes are written at most ``1 + compact_levels``
+            times by appends and compactions.
 
     Returns:
         What the dataset holds now and what this call wrote.
@@ -415,9 +532,15 @@ def write_curated_dataset(
         return _point_at_nothing(store, superseded)
     if current is not None:
         dest = store.version(current)
-        appended = _append_to_current(inputs, wanted, dest, entries.get(current, set()), superseded)
-        if appended is not None:
-            return appended
+        files = entries.get(current, set())
+        compaction = (compact_fanout, compact_levels)
+        try:
+            grown = _grow_current(inputs, wanted, store, dest, files, superseded, compaction)
+        except _Incompatible as err:
+            logger.info("curated: %s: %s; writing a new version", dest.uri, err)
+            grown = None
+        if grown is not None:
+            return grown
         superseded.append(current)
     return _new_version(inputs, wanted, store, superseded)
 
@@ -433,52 +556,93 @@ def _point_at_nothing(store: VersionStore, superseded: list[str]) -> CuratedSumm
     )
 
 
-def _append_to_current(
-    inputs: _Inputs, wanted: list[tuple[int, str]], dest: VersionRoot, files: set[str], superseded: list[str]
+def _grow_current(
+    inputs: _Inputs,
+    wanted: list[tuple[int, str]],
+    store: VersionStore,
+    dest: VersionRoot,
+    files: set[str],
+    superseded: list[str],
+    compaction: tuple[int, int],
 ) -> CuratedSummary | None:
-    """Appends the newly wanted episodes to the current version ``dest`` (whose files are ``files``);
-    None when it cannot: the version does not hold together, or holds an episode no longer wanted."""
+    """Adds the newly wanted episodes to the current version ``dest`` (whose files are ``files``):
+    appended, or compacted with its newest runs into a new version. None when neither can be done: the
+    version does not hold together, or holds an episode no longer wanted."""
     committed = dest.committed(files)
     if committed is None:
         return None
     dest.remove_unreferenced(committed, files)
-    published = {(p.source, p.fingerprint) for p in committed.placed()}
+    placed = committed.placed()
+    published = set(placed.pairs())
     if not published <= set(wanted):
         return None
     new = [entry for entry in wanted if entry not in published]
-    return _with(_append(inputs, new, dest, committed), superseded)
-
-
-def _append(
-    inputs: _Inputs, new: list[tuple[int, str]], dest: VersionRoot, committed: Committed
-) -> CuratedSummary:
-    """Adds the ``new`` episodes after the published ones; nothing published is modified."""
+    stats = dest.running_stats(committed)
     if not new:
-        placed = committed.placed()
-        if inputs.progress is not None:
-            dest.write(parquet_bytes(_curated_progress(inputs.progress, placed)), PROGRESS_FILE)
-        return _summary(dest, placed, "unchanged", 0, 0)
-    with Source(inputs.source_uri, inputs.source_options, [ep for ep, _ in new]) as source:
-        cameras = source.video_keys(inputs.camera_keys)
-        placed, video_bytes = _write_version(
-            source, cameras, new, dest, committed, committed.starts(), inputs.progress, inputs.temp_dir
-        )
-    logger.info("curated: appended %d episodes to %s", len(new), dest.uri)
-    return _summary(dest, placed, "appended", len(new), video_bytes)
+        return _with(_unchanged(inputs, dest, committed, placed, stats), superseded)
+    merged = plan_compaction(committed.runs(), len(new), *compaction)
+    if merged is None:
+        run = Run(committed.episodes, committed.episodes + len(new), 0)
+        version = _Version(dest, committed, committed.episodes, new, run, stats, len(new), append=True)
+        placed, video_bytes = _write(inputs, version)
+        logger.info("curated: appended %d episodes to %s", len(new), dest.uri)
+        return _with(_summary(dest, placed, "appended", len(new), video_bytes), superseded)
+    if committed.shares_files(merged.start):
+        return None  # its runs are not in files of their own (never so when written by this module)
+    return _compact(inputs, store, dest, committed, merged, new, stats, superseded)
+
+
+def _unchanged(
+    inputs: _Inputs, dest: VersionRoot, committed: Committed, placed: Placed, stats: Stats
+) -> CuratedSummary:
+    """Nothing new: the progress file follows the run's progress, ``stats.json`` is completed if an
+    append stopped before it."""
+    if inputs.progress is not None:
+        dest.write(parquet_bytes(_curated_progress(inputs.progress, placed)), PROGRESS_FILE)
+    dest.write(stats_json(stats), STATS_PATH, name="stats")
+    return _summary(dest, placed, "unchanged", 0, 0)
+
+
+def _compact(
+    inputs: _Inputs,
+    store: VersionStore,
+    current: VersionRoot,
+    committed: Committed,
+    merged: Run,
+    new: list[tuple[int, str]],
+    stats: Stats,
+    superseded: list[str],
+) -> CuratedSummary:
+    """A new version: the current one's files before ``merged.start`` kept as they are, its episodes from
+    there and the ``new`` ones copied again into fresh files as one run; then the pointer names it."""
+    pointer, old = store.pointer, store.current
+    folder = pointer.next_root()
+    dest = store.version(folder)
+    again = committed.placed().pairs()[merged.start :]
+    version = _Version(
+        dest, committed, merged.start, again + new, merged, stats, len(new), carry_from=current
+    )
+    placed, video_bytes = _write(inputs, version)
+    store.point_at(Pointer(pointer.version + 1, folder))
+    copied = len(again) + len(new)
+    logger.info(
+        "curated: wrote %s: %d episodes kept, %d copied (%d new)", dest.uri, merged.start, copied, len(new)
+    )
+    summary = replace(_summary(dest, placed, "compacted", len(new), video_bytes), rewritten=len(again))
+    return _with(summary, [*superseded, old], store.bytes_written)
 
 
 def _new_version(
     inputs: _Inputs, wanted: list[tuple[int, str]], store: VersionStore, superseded: list[str]
 ) -> CuratedSummary:
-    """Writes the whole selection as a new version, then points the pointer at it."""
+    """Writes the whole selection as a new version (one run of the top level), then points the pointer
+    at it."""
     pointer = store.pointer or Pointer(0, None)
     folder = pointer.next_root()
+    store.discard(folder)  # what a compaction given up in this call left there
     dest = store.version(folder)
-    with Source(inputs.source_uri, inputs.source_options, [ep for ep, _ in wanted]) as source:
-        cameras = source.video_keys(inputs.camera_keys)
-        placed, video_bytes = _write_version(
-            source, cameras, wanted, dest, None, Starts.fresh(cameras), inputs.progress, inputs.temp_dir
-        )
+    run = Run(0, len(wanted), _BASE_LEVEL)
+    placed, video_bytes = _write(inputs, _Version(dest, None, 0, wanted, run, None, len(wanted)))
     store.point_at(Pointer(pointer.version + 1, folder))
     logger.info("curated: wrote %s with %d episodes", dest.uri, len(wanted))
     summary = _summary(dest, placed, "rebuilt", len(wanted), video_bytes)
@@ -490,16 +654,15 @@ def _with(summary: CuratedSummary, superseded: list[str], pointer_bytes: int = 0
     return replace(summary, superseded=tuple(superseded), bytes_written=summary.bytes_written + pointer_bytes)
 
 
-def _summary(
-    dest: VersionRoot, placed: list[Placed], mode: str, added: int, video_bytes: int
-) -> CuratedSummary:
+def _summary(dest: VersionRoot, placed: Placed, mode: str, added: int, video_bytes: int) -> CuratedSummary:
     return CuratedSummary(
         uri=dest.uri,
         episodes=len(placed),
-        frames=sum(p.length for p in placed),
+        frames=placed.frames,
         mode=mode,
         added=added,
         video_bytes=video_bytes,
         bytes_written=dest.bytes_written,
         video_bytes_written=dest.video_bytes_written,
+        bytes_carried=dest.bytes_carried,
     )

@@ -1,10 +1,11 @@
 """Packed files of the curated dataset: episodes' data rows and video packets written back to back.
 
-Like LeRobot's recorder, episodes are packed into ``data/chunk-XXX/file-XXX.parquet`` and
-``videos/<key>/chunk-XXX/file-XXX.mp4`` files that roll over at the source's size limits. Videos are
-**remuxed, not re-encoded**: each episode's packets are stream-copied with shifted timestamps, so pixels
-are bit-identical and copying costs no decode. Each finished file is handed to ``on_close`` (which
-uploads it), so temporary space is one open file per camera plus one data file.
+Like LeRobot's recorder, episodes are packed into ``data/chunk-XXX/file-XXX.parquet``,
+``videos/<key>/chunk-XXX/file-XXX.mp4`` and ``meta/episodes/chunk-XXX/file-XXX.parquet`` files that
+roll over at the source's size limits. Videos are **remuxed, not re-encoded**: each episode's packets are
+stream-copied with shifted timestamps, so pixels are bit-identical and copying costs no decode. Each
+finished file is handed to ``on_close`` (which uploads it), so temporary space is one open file per
+camera plus one data and one episodes file.
 """
 
 from __future__ import annotations
@@ -14,28 +15,38 @@ from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 import pyarrow as pa
-from lerobot.datasets.io_utils import write_table_one_row_group_per_episode
-from lerobot.datasets.utils import DatasetInfo, update_chunk_file_indices
+import pyarrow.parquet as pq
 
+from pipeline.curated.v30 import Layout, episodes_file, next_file_index
 from pipeline.reader import VideoSpan
-
-_MB = 1024**2
 
 FileIndex = tuple[int, int]  # (chunk_index, file_index)
 
 
 def next_index(index: FileIndex | None, chunks_size: int) -> FileIndex:
     """The file index after ``index`` (``(0, 0)`` for none): fresh files never reuse a published name."""
-    return (0, 0) if index is None else update_chunk_file_indices(index[0], index[1], chunks_size)
+    return (0, 0) if index is None else next_file_index(index, chunks_size)
+
+
+def write_one_row_group_per_episode(table: pa.Table, path: Path) -> None:
+    """Writes a data file with one row group per episode, in episode order, as LeRobot's recorder does
+    (``write_table_one_row_group_per_episode``): ``read_row_group(i)`` fetches one episode."""
+    episodes = table.column("episode_index").to_numpy(zero_copy_only=False)
+    starts = np.concatenate(([0], np.nonzero(np.diff(episodes))[0] + 1))
+    stops = np.append(starts[1:], len(episodes))
+    with pq.ParquetWriter(str(path), table.schema, compression="snappy", use_dictionary=True) as writer:
+        for start, stop in zip(starts, stops, strict=True):
+            writer.write_table(table.slice(start, stop - start))
 
 
 class RollingFiles:
     """Chunk/file indices of packed files that roll over at a size limit, like lerobot's recorder."""
 
-    def __init__(self, limit_mb: float, chunks_size: int, start: FileIndex) -> None:
+    def __init__(self, limit_bytes: float, chunks_size: int, start: FileIndex) -> None:
         self.chunk_index, self.file_index = start
-        self._limit = limit_mb * _MB
+        self._limit = limit_bytes
         self._chunks_size = chunks_size
         self._used: int | None = None  # None until the first file is opened
 
@@ -50,8 +61,8 @@ class RollingFiles:
             True when the episode must go into a new file; the indices then already name it.
         """
         if self._used is not None and (fresh or self._used + nbytes > self._limit):
-            self.chunk_index, self.file_index = update_chunk_file_indices(
-                self.chunk_index, self.file_index, self._chunks_size
+            self.chunk_index, self.file_index = next_file_index(
+                (self.chunk_index, self.file_index), self._chunks_size
             )
             self._used = None
         new_file = self._used is None
@@ -63,10 +74,10 @@ class DataPacker:
     """Appends episodes' rows to new packed data parquet files; hands each finished file to ``on_close``."""
 
     def __init__(
-        self, root: Path, info: DatasetInfo, start: FileIndex, on_close: Callable[[Path], None]
+        self, root: Path, layout: Layout, start: FileIndex, on_close: Callable[[Path], None]
     ) -> None:
-        self._root, self._info, self._on_close = root, info, on_close
-        self._files = RollingFiles(info.data_files_size_in_mb, info.chunks_size, start)
+        self._root, self._layout, self._on_close = root, layout, on_close
+        self._files = RollingFiles(layout.data_bytes, layout.chunks_size, start)
         self._tables: list[pa.Table] = []
         self._path: Path | None = None
 
@@ -75,8 +86,8 @@ class DataPacker:
         # Arrow's in-memory size stands in for the uncompressed parquet size lerobot's writer compares.
         if self._files.reserve(rows.nbytes):
             self.close()
-            self._path = self._root / self._info.data_path.format(
-                chunk_index=self._files.chunk_index, file_index=self._files.file_index
+            self._path = self._root / self._layout.data_file(
+                (self._files.chunk_index, self._files.file_index)
             )
         self._tables.append(rows)
         return {"data/chunk_index": self._files.chunk_index, "data/file_index": self._files.file_index}
@@ -85,8 +96,63 @@ class DataPacker:
         """Writes the queued rows of the current file (one row group per episode, as lerobot does)."""
         if self._tables:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            write_table_one_row_group_per_episode(pa.concat_tables(self._tables), self._path)
+            write_one_row_group_per_episode(pa.concat_tables(self._tables), self._path)
             self._tables = []
+            self._on_close(self._path)
+
+
+class SchemaMismatch(ValueError):
+    """New episodes rows have other columns than the version's episodes files."""
+
+
+class EpisodesPacker:
+    """Writes episodes index rows to new ``meta/episodes`` files (``on_close`` each), rolling over at the
+    data file size limit as LeRobot's metadata writer does; files are written in one row group, with the
+    column order and types of ``schema`` when given (the published files', so that every file of a
+    version has one schema, which LeRobot's loader requires)."""
+
+    def __init__(
+        self,
+        root: Path,
+        layout: Layout,
+        start: FileIndex,
+        on_close: Callable[[Path], None],
+        schema: pa.Schema | None = None,
+    ) -> None:
+        self._root, self._on_close, self._schema = root, on_close, schema
+        self._files = RollingFiles(layout.data_bytes, layout.chunks_size, start)
+        self._rows: list[dict[str, Any]] = []
+        self._path: Path | None = None
+
+    def append(self, row: dict[str, Any], nbytes: int) -> dict[str, int]:
+        """Queues one episode's row (``nbytes``: its size estimate); returns its ``meta/episodes/*``
+        columns (which the row must then carry)."""
+        if self._files.reserve(nbytes):
+            self.close()
+            self._path = self._root / episodes_file((self._files.chunk_index, self._files.file_index))
+        self._rows.append(row)
+        return {
+            "meta/episodes/chunk_index": self._files.chunk_index,
+            "meta/episodes/file_index": self._files.file_index,
+        }
+
+    def close(self) -> None:
+        """Writes the queued rows of the current file."""
+        if self._rows:
+            # As LeRobot's writer builds its tables: types inferred from the values (lists of floats,
+            # lists of ints for counts, strings), in the rows' key order.
+            table = pa.Table.from_pylist(self._rows)
+            if self._schema is not None:
+                if set(table.column_names) != set(self._schema.names):
+                    differ = sorted(set(table.column_names) ^ set(self._schema.names))
+                    raise SchemaMismatch(f"episodes index columns {differ} differ from the version's")
+                try:
+                    table = table.select(self._schema.names).cast(self._schema)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+                    raise SchemaMismatch(f"episodes index types differ from the version's: {err}") from err
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, self._path, compression="snappy", use_dictionary=True)
+            self._rows = []
             self._on_close(self._path)
 
 
@@ -107,10 +173,10 @@ class VideoPacker:
     """Stream-copies one camera's episodes back to back into new packed mp4 files (``on_close`` each)."""
 
     def __init__(
-        self, root: Path, info: DatasetInfo, key: str, start: FileIndex, on_close: Callable[[Path], None]
+        self, root: Path, layout: Layout, key: str, start: FileIndex, on_close: Callable[[Path], None]
     ) -> None:
-        self._root, self._info, self._key, self._on_close = root, info, key, on_close
-        self._files = RollingFiles(info.video_files_size_in_mb, info.chunks_size, start)
+        self._root, self._layout, self._key, self._on_close = root, layout, key, on_close
+        self._files = RollingFiles(layout.video_bytes, layout.chunks_size, start)
         self._container: av.container.OutputContainer | None = None
         self._path: Path | None = None
         self._stream: av.video.stream.VideoStream | None = None
@@ -146,8 +212,8 @@ class VideoPacker:
 
     def _open(self, source: av.video.stream.VideoStream, signature: tuple[Any, ...]) -> None:
         self.close()
-        path = self._root / self._info.video_path.format(
-            video_key=self._key, chunk_index=self._files.chunk_index, file_index=self._files.file_index
+        path = self._root / self._layout.video_file(
+            self._key, (self._files.chunk_index, self._files.file_index)
         )
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path

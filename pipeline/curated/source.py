@@ -25,16 +25,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from lerobot.datasets.io_utils import cast_stats_to_numpy
-from lerobot.datasets.utils import (
+
+from pipeline.atomic import touching
+from pipeline.curated.v30 import (
     DEFAULT_TASKS_PATH,
     LEGACY_EPISODES_STATS_PATH,
     LEGACY_TASKS_PATH,
-    DatasetInfo,
+    Layout,
+    Stats,
+    stats_to_numpy,
+    unflatten,
 )
-from lerobot.utils.utils import unflatten_dict
-
-from pipeline.atomic import touching
 from pipeline.reader import (
     EPISODES_DIR,
     V21,
@@ -48,8 +49,6 @@ from pipeline.storage import filesystem_for, join_uri
 
 __all__ = ["CurationError", "Source", "SourceEpisode", "row_stats"]
 
-Stats = dict[str, dict[str, np.ndarray]]
-
 
 class CurationError(ValueError):
     """The selection or the source dataset cannot be curated; the message names the file and episode."""
@@ -58,7 +57,7 @@ class CurationError(ValueError):
 def row_stats(row: dict[str, Any]) -> Stats:
     """The per-episode stats of a v3.0 episodes-index row (its flattened ``stats/...`` columns)."""
     stats = {key.removeprefix("stats/"): v for key, v in row.items() if key.startswith("stats/")}
-    return cast_stats_to_numpy(unflatten_dict(stats))
+    return stats_to_numpy(unflatten(stats))
 
 
 @dataclass(frozen=True)
@@ -112,8 +111,9 @@ class Source:
             self._meta = read_dataset(uri, storage_options, all_cameras=True, episodes=episodes)
         except MetadataError as err:
             raise CurationError(str(err)) from err
-        # lerobot's typed view of info.json, on a copy: the reader's record stays as it was read.
-        self.info = DatasetInfo.from_dict(copy.deepcopy(self._meta.info))
+        # info.json, on a copy: the reader's record stays as it was read.
+        self.info: dict[str, Any] = copy.deepcopy(self._meta.info)
+        self.layout = Layout.of(self.info)
         self.cameras = list(self._meta.video_keys)
         self._episodes = _chosen(self._meta, episodes)
         self._stats = self._read_stats({episode.episode_index for episode in self._episodes})
@@ -194,7 +194,7 @@ class Source:
         """The chosen episodes' stats: v3.0 ``stats/*`` index columns, v2.1 ``episodes_stats.jsonl``."""
         if self._meta.codebase_version == V21:
             rows = {row["episode_index"]: row["stats"] for row in self._jsonl(LEGACY_EPISODES_STATS_PATH)}
-            found = {index: cast_stats_to_numpy(rows[index]) for index in wanted if index in rows}
+            found = {index: stats_to_numpy(rows[index]) for index in wanted if index in rows}
             where = LEGACY_EPISODES_STATS_PATH
         else:
             found = {}
@@ -207,12 +207,19 @@ class Source:
         return found
 
     def _v30_stats(self, relative: str, wanted: set[int]) -> dict[int, Stats]:
-        """The ``stats/*`` columns of one episodes index file, for its rows of ``wanted`` episodes."""
+        """The ``stats/*`` columns of one episodes index file, for its rows of ``wanted`` episodes.
+
+        Only the row groups that can hold a wanted episode are read (LeRobot writes a few episodes per
+        row group, with min/max statistics): publishing one new episode reads its stats, not every one.
+        """
         with touching(self.file_uri(relative)), self.fs.open(self._path(relative), "rb") as f:
             parquet = pq.ParquetFile(f)
             # In the file's column order: the stats keep it into the curated episodes index.
             columns = [name for name in parquet.schema_arrow.names if name.startswith("stats/")]
-            table = parquet.read(columns=["episode_index", *columns])
+            groups = _row_groups_with(parquet, "episode_index", wanted)
+            if not groups:
+                return {}
+            table = parquet.read_row_groups(groups, columns=["episode_index", *columns])
         chosen = pa.array(sorted(wanted), pa.int64())
         table = table.filter(pc.is_in(table["episode_index"], value_set=chosen))
         return {int(row["episode_index"]): row_stats(row) for row in table.to_pylist()}
@@ -257,7 +264,7 @@ class Source:
         container = self._container(key, span.path)
         stream = container.streams.video[0]
         # Packet times are compared with half a frame of slack: stored timestamps are float seconds.
-        half_frame = 0.5 / self.info.fps
+        half_frame = 0.5 / self.info["fps"]
         packets = []
         with touching(self.file_uri(span.path)):
             container.seek(math.floor(span.from_s / stream.time_base), stream=stream, backward=True)
@@ -280,6 +287,27 @@ class Source:
                 f"{where} does not begin on a keyframe at {span.from_s} s, so it cannot be stream-copied"
             )
         return stream, packets
+
+
+def _row_groups_with(parquet: pq.ParquetFile, column: str, wanted: set[int]) -> list[int]:
+    """The row groups whose ``column`` statistics do not rule out every ``wanted`` value (all of them
+    when a group has no statistics)."""
+    metadata = parquet.metadata
+    if metadata.num_row_groups == 0:
+        return []
+    first = metadata.row_group(0)
+    position = next(i for i in range(first.num_columns) if first.column(i).path_in_schema == column)
+    values = np.array(sorted(wanted), dtype=np.int64)
+    groups = []
+    for group in range(metadata.num_row_groups):
+        stats = metadata.row_group(group).column(position).statistics
+        if stats is None or not stats.has_min_max:
+            groups.append(group)
+            continue
+        first = np.searchsorted(values, stats.min)
+        if first < values.size and values[first] <= stats.max:
+            groups.append(group)
+    return groups
 
 
 def _chosen(meta: DatasetMeta, indices: list[int]) -> list[SourceEpisode]:
