@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.stopping import RunStopped
 
     configure_logging(cfg.job.log_level)
+    logging.getLogger("pipeline").debug("jobs.relabel: pipeline imported")  # bench.startup's mark
     try:
         summary = run(cfg)
     except ConfigError as err:

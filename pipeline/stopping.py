@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -85,6 +86,8 @@ def start_ray(init: Callable[[], object]) -> None:
     Outside :func:`stop_on_signals` this only calls ``init``.
     """
     global _requested
+    started = time.perf_counter()
+    log.debug("ray: starting")
     try:
         init()
     except SystemExit as err:
@@ -93,6 +96,7 @@ def start_ray(init: Callable[[], object]) -> None:
         _requested = RunStopped(signal.SIGTERM)
         log.warning("SIGTERM received while Ray started: stopping the run")
         raise _requested from None
+    log.debug("ray: started in %.2f s", time.perf_counter() - started)
     if _active and _in_main_thread():
         for signum in STOP_SIGNALS:
             signal.signal(signum, _handle)

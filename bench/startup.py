@@ -1,0 +1,203 @@
+"""Benchmark: what a small relabel job pays besides its work (issue: start-up in seconds).
+
+Builds a source prefix holding one synthetic LeRobot v3.0 dataset of one short episode
+(``devkit.synth``) and the tiny random Qwen3-VL (``devkit.tiny_model``), then runs ``python -m
+jobs.relabel`` on it as a subprocess, three times into the same output on local disk:
+
+1. **first**: one episode to score, one dataset to publish;
+2. **+1**: a second one-episode dataset added under the prefix (one new episode, one new dataset; the
+   first is skipped and left unpublished);
+3. **no-op**: nothing new (no episode to score, nothing to publish).
+
+Each run's wall time (spawn to exit, measured here) is split by the timestamps of the job's own log
+lines (``job.log_level=DEBUG`` adds the marks ``jobs.relabel: pipeline imported``, ``ray: starting`` /
+``ray: started`` and ``ray: shutting down`` / ``ray: shut down``):
+
+* ``imports``: interpreter start and the driver's imports, up to the run's first step;
+* ``plan``: config, model resolution, run record, catalog and plan (Ray start excluded);
+* ``ray start``: every ``ray.init`` of the run;
+* ``scoring``: the Ray Data graph, scorer actor start and model load included (Ray start excluded);
+* ``publish``: the changed-dataset check and the publish tasks, worker imports included;
+* ``ray stop``: shutting Ray down;
+* ``exit``: the rest: the summary, the run record's last write, interpreter exit.
+
+    python -m bench.startup [--repeat 3] [--log-level DEBUG] [--project DIR ...]
+
+``--repeat`` runs the three-run sequence that many times (fresh folders each) and prints each part's
+median; with ``--log-level INFO`` only the wall times mean anything (the marks are DEBUG lines).
+``--project`` names checkouts whose ``jobs.relabel`` to run (e.g. a ``git worktree`` of the code before a
+change and one after): their sequences alternate, so a busy machine's noise falls on both alike, and one
+table is printed per checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+MODEL_DIR = PROJECT / ".cache" / "models" / "tiny-qwen3_vl-s0"
+PARTS = ("imports", "plan", "ray start", "scoring", "publish", "ray stop", "exit")
+RUNS = ("first", "+1", "no-op")
+# A pipeline log line (jobs.relabel's format) or Ray's own (tab after the time).
+_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})[ \t]\S+ (\S+?):? (.*)$")
+
+
+@dataclass
+class Timed:
+    """One job run: its wall time, its parts and the log lines they were read from."""
+
+    wall_s: float
+    parts: dict[str, float] = field(default_factory=dict)
+    exit_code: int = 0
+    log: list[str] = field(default_factory=list)
+
+
+def _marks(lines: list[str]) -> list[tuple[float, str]]:
+    """``(unix time, message)`` for every timestamped log line."""
+    found = []
+    for line in lines:
+        match = _LINE.match(line)
+        if match:
+            stamp = datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            found.append((stamp, match.group(3)))
+    return found
+
+
+def _first(marks: list[tuple[float, str]], prefix: str, after: float = 0.0) -> float | None:
+    return next((t for t, message in marks if message.startswith(prefix) and t >= after), None)
+
+
+def _last(marks: list[tuple[float, str]], prefix: str) -> float | None:
+    return next((t for t, message in reversed(marks) if message.startswith(prefix)), None)
+
+
+def split(lines: list[str], spawned: float, exited: float) -> dict[str, float]:
+    """The parts of one run's wall time (module docstring) from its log lines; absent phases are 0."""
+    marks = _marks(lines)
+    ready = _first(marks, "jobs.relabel: pipeline imported") or spawned
+    ray_spans = []
+    for t, message in marks:
+        if message.startswith("ray: starting"):
+            end = _first(marks, "ray: started", t) or _first(marks, "Started a local Ray", t)
+            ray_spans.append((t, end if end is not None else t))
+
+    def ray_within(start: float, end: float) -> float:
+        return sum(max(0.0, min(b, end) - max(a, start)) for a, b in ray_spans)
+
+    plan = _first(marks, "plan:") or ready
+    scored = _last(marks, "scoring: finished") or plan
+    published = _last(marks, "publish:") or scored
+    stop_start = _first(marks, "ray: shutting down")
+    stop_end = _first(marks, "ray: shut down", stop_start or 0.0)
+    stopping = stop_end - stop_start if stop_start and stop_end else 0.0
+    parts = {
+        "imports": ready - spawned,
+        "plan": plan - ready - ray_within(ready, plan),
+        "ray start": sum(b - a for a, b in ray_spans),
+        "scoring": scored - plan - ray_within(plan, scored),
+        "publish": published - scored - ray_within(scored, published),
+        "ray stop": stopping,
+    }
+    parts["exit"] = exited - spawned - sum(parts.values())
+    return parts
+
+
+def run_job(project: Path, source: Path, output: Path, log_level: str) -> Timed:
+    """One ``python -m jobs.relabel`` of ``project`` over ``source`` into ``output``, spawn to exit."""
+    args = [
+        f"source.uris=[{source}]",
+        f"output.uri={output}",
+        f"model.path={MODEL_DIR}",
+        "frames.height=64",
+        "frames.width=64",
+        "frames.max_frames=8",
+        "prefixes.num=4",
+        "success.threshold=-1000",
+        f"job.log_level={log_level}",
+    ]
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    spawned = time.time()
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.relabel", *args],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    exited = time.time()
+    lines = done.stderr.splitlines()
+    return Timed(exited - spawned, split(lines, spawned, exited), done.returncode, lines)
+
+
+def sequence(project: Path, folder: Path, log_level: str) -> dict[str, Timed]:
+    """The three runs of the module docstring, in ``folder``, with ``project``'s ``jobs.relabel``."""
+    from devkit.synth import write_v30_dataset
+
+    source, output = folder / "src", folder / "out"
+    write_v30_dataset(source / "bench" / "a", repo_id="bench/a", lengths=[20])
+    timed = {"first": run_job(project, source, output, log_level)}
+    write_v30_dataset(source / "bench" / "b", repo_id="bench/b", lengths=[20])
+    timed["+1"] = run_job(project, source, output, log_level)
+    timed["no-op"] = run_job(project, source, output, log_level)
+    for name, result in timed.items():
+        if result.exit_code != 0:
+            print("\n".join(result.log[-40:]), file=sys.stderr)
+            raise SystemExit(f"bench.startup: the {name} run exited {result.exit_code}")
+    return timed
+
+
+def table(results: list[dict[str, Timed]]) -> str:
+    """Median wall time and parts per run kind (seconds), one column per kind."""
+    lines = [f"{'seconds (median of ' + str(len(results)) + ')':<28}" + "".join(f"{r:>9}" for r in RUNS)]
+    for part in ("wall", *PARTS):
+        cells = []
+        for run in RUNS:
+            values = [r[run].wall_s if part == "wall" else r[run].parts[part] for r in results]
+            cells.append(f"{statistics.median(values):>9.2f}")
+        lines.append(f"{part:<28}" + "".join(cells))
+    walls = {run: [f"{r[run].wall_s:.1f}" for r in results] for run in RUNS}
+    lines.append("each wall: " + "; ".join(f"{run} {', '.join(walls[run])}" for run in RUNS))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Build the inputs, run the sequence ``--repeat`` times, print the table."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeat", type=int, default=1, help="sequences to run (median printed)")
+    parser.add_argument("--log-level", default="DEBUG", help="job.log_level of the runs (DEBUG: parts)")
+    parser.add_argument("--show-log", action="store_true", help="print the last sequence's job logs")
+    parser.add_argument("--project", type=Path, nargs="+", default=[PROJECT], help="checkouts to run")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from devkit.tiny_model import ensure_tiny_model
+
+    ensure_tiny_model(MODEL_DIR, "qwen3_vl", "tiny", 0)
+    results: dict[Path, list[dict[str, Timed]]] = {project: [] for project in args.project}
+    for _ in range(args.repeat):
+        for project in args.project:
+            with tempfile.TemporaryDirectory(prefix="topreward-startup-") as tmp:
+                results[project].append(sequence(project, Path(tmp), args.log_level))
+    for project, timed in results.items():
+        if args.show_log:
+            for run in RUNS:
+                print(f"--- {project}: {run}", *timed[-1][run].log, sep="\n")
+        load = os.getloadavg()[0]
+        print(f"bench.startup: {project}: 1-episode jobs, {os.cpu_count()} CPUs, load average {load:.1f} now")
+        print(table(timed))
+
+
+if __name__ == "__main__":
+    main()
