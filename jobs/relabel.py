@@ -30,9 +30,11 @@ When several apply, the first in the order 4, 5, 3 is the status.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from pipeline.cli import Exit, Settings, job_parser, parse, print_config, refusals
 from pipeline.config import ConfigError, RelabelConfig, load_config
@@ -96,7 +98,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_REFUSED
     except RunStopped as stop:
         print(f"jobs.relabel: {stop}; the run record says stopped", file=sys.stderr, flush=True)
-        _disconnect_ray()
         return stop.exit_code
     except Exception:
         logging.getLogger("pipeline").exception("jobs.relabel: the run broke")
@@ -122,13 +123,27 @@ def exit_status(summary: RunSummary, fail_on_errors: bool) -> tuple[int, str]:
     return EXIT_OK, ""
 
 
-def _disconnect_ray() -> None:
-    """Shuts Ray down (stops a local Ray, leaves a cluster): a driver still connected exits with 1."""
-    import ray
+def exit_now(code: int) -> NoReturn:
+    """Ends the process with ``code`` at once: everything the run writes is written by now.
 
-    if ray.is_initialized():
-        ray.shutdown()
+    The outputs, the run record and the summary are complete when the run returns (the streams are
+    flushed here). Ray is shut down first (:func:`pipeline.stopping.stop_ray`: a local Ray's processes
+    stopped, a cluster told this driver is gone and left running). Then the process ends without the
+    interpreter's teardown: a second or more of unloading torch and the rest, and half a second that
+    Ray's exit hook sleeps. Worker lines Ray had not yet forwarded to the driver's log when the run
+    ended may be cut; they are in the Ray session's log files, and every failure is in the summary and
+    the run record.
+    """
+    if "ray" in sys.modules:  # --help, --print-config and refusals never import it
+        from pipeline.stopping import stop_ray
+
+        stop_ray()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing more can be said
+            stream.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -310,6 +310,8 @@ def _prune(
         if entry["type"] == "file" and (found := _RECORD_NAME.fullmatch(posixpath.basename(entry["name"])))
     )
     candidates = [run_id for run_id in run_ids[:-keep] if run_id != current]
+    if not candidates:
+        return []
     # Records the caller already knows a dataset names are kept without reading anything.
     known_in_use = set(named_by.values())
     unknown = [run_id for run_id in candidates if run_id not in known_in_use]
