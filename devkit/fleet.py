@@ -487,6 +487,7 @@ def add_episode(root: str, storage_options: dict[str, Any] | None = None, length
 
     fs, path = fsspec.core.url_to_fs(root, **dict(storage_options or {}))
     path = path.rstrip("/")
+    fs.invalidate_cache()  # this process may have listed the dataset before
     with tempfile.TemporaryDirectory(prefix="fleet-episode-") as temp:
         local = Path(temp) / "dataset"
         before: dict[str, bytes] = {}
