@@ -165,3 +165,78 @@ def test_packed_mask_shape_and_visibility():
 def test_frames_off_the_patch_grid_are_refused(qwen3_scorer):
     with pytest.raises(ValueError, match="multiples of 32"):
         qwen3_scorer.score(_episode(20, 4, size=48), TASK)
+
+
+# Reward resolution (README "Reward resolution"): a long episode gets more frames and prefixes. Its
+# suffix passes run longest prefixes first on a cache cropped to each pass's longest cut, and its
+# suffix positions are read off the full prompt; both must stay exact per prefix.
+RESOLUTION = {"min_fps": 0.8, "max_frames_long": 768, "max_spacing_s": 5.0}
+
+
+def _long_episode(num_raw: int, size: int, seed: int = 0) -> EpisodeClip:
+    schedule = episode_schedule(num_raw, RAW_FPS, 2.0, 16, 15, **RESOLUTION)
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, (len(schedule.raw_indices), size, size, 3), dtype=np.uint8)
+    return EpisodeClip(frames, schedule.raw_indices, RAW_FPS, num_raw, schedule.prefix_ends)
+
+
+def test_qwen3_long_episode_cached_equals_reference(qwen3_scorer):
+    clip = _long_episode(1201, size=64)  # 2 min at 10 fps: 98 frames, 25 prefixes, 9 passes of 3
+    assert (len(clip.frames), len(clip.prefix_ends)) == (98, 25)
+    fast, slow = _both(qwen3_scorer, clip)
+    np.testing.assert_allclose(fast.log_p_true, slow.log_p_true, rtol=0, atol=TOL)
+    np.testing.assert_allclose(fast.log_p_false, slow.log_p_false, rtol=0, atol=TOL)
+
+
+def test_qwen25_long_episode_cached_equals_reference(qwen25_scorer):
+    clip = _long_episode(901, size=56)  # 90 s: positions come from get_rope_index per prefix
+    assert len(clip.prefix_ends) > 15
+    fast, slow = _both(qwen25_scorer, clip)
+    np.testing.assert_allclose(fast.log_p_true, slow.log_p_true, rtol=0, atol=TOL)
+    np.testing.assert_allclose(fast.log_p_false, slow.log_p_false, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen25"])
+def test_read_off_suffix_positions_are_get_rope_index(request, family):
+    """Qwen3-VL: read off for every prefix and equal to get_rope_index; Qwen2.5-VL: not read off."""
+    scorer = request.getfixturevalue(f"{family}_scorer")
+    clip = _long_episode(901, size=64 if family == "qwen3" else 56)
+    tokens, layout = scorer.cached._tokens(scorer._prompt(TASK), clip)
+    model, context_len = scorer.loaded.model, tokens["context_len"]
+    suffix_len = tokens["input_ids"].shape[1] - 1 - context_len
+    full, _ = model.model.get_rope_index(
+        tokens["input_ids"], tokens["mm_token_type_ids"], video_grid_thw=tokens["video_grid_thw"],
+        **cached._rope_extra(tokens),
+    )  # fmt: skip
+    types = tokens["mm_token_type_ids"][0]
+    for cut, blocks in zip(layout.cuts, layout.blocks, strict=True):
+        read = cached.read_off_suffix_positions(full, types, cut, context_len, suffix_len)
+        if family == "qwen25" and cut < context_len:
+            assert read is None
+        else:
+            assert torch.equal(read, cached.suffix_positions(model, tokens, cut, blocks))
+
+
+def test_passes_run_longest_first_and_one_pass_is_uncropped(qwen3_scorer, tiny_model_dir):
+    clip = _long_episode(1801, size=64)
+    tokens, layout = qwen3_scorer.cached._tokens(qwen3_scorer._prompt(TASK), clip)
+    plan = qwen3_scorer.cached._plan(layout, tokens)
+    keeps = [chunk.keep for chunk in plan.chunks]
+    assert keeps[0] == tokens["context_len"] and keeps == sorted(keeps, reverse=True)
+    assert sum(chunk.count for chunk in plan.chunks) == len(clip.prefix_ends)
+    # K <= suffix_chunk: one pass over the whole context, as before passes were cropped.
+    one = PrefixScorer(ModelConfig(path=str(tiny_model_dir)), ScoringConfig(suffix_chunk=16))
+    short = _episode(61, 15, size=64)
+    tokens, layout = one.cached._tokens(one._prompt(TASK), short)
+    (chunk,) = one.cached._plan(layout, tokens).chunks
+    assert chunk.keep == tokens["context_len"] and chunk.count == len(short.prefix_ends)
+
+
+def test_plan_cache_is_bounded_in_bytes(tiny_model_dir):
+    scorer = PrefixScorer(ModelConfig(path=str(tiny_model_dir)), ScoringConfig(suffix_chunk=4))
+    scorer.cached.plan_cache_bytes = 1  # every plan is over budget: only the newest stays
+    for num_raw in (301, 601, 901):
+        fast, slow = _both(scorer, _long_episode(num_raw, size=64))
+        np.testing.assert_allclose(fast.log_p_true, slow.log_p_true, rtol=0, atol=TOL)
+        assert len(scorer.cached.plans) == 1
+    assert next(iter(scorer.cached.plans.values())).nbytes > 0

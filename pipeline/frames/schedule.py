@@ -144,15 +144,19 @@ def spaced_prefix_ends(
     """
     num_frames = len(timestamps)
     ends = prefix_block_ends(num_frames, num_prefixes)
-    if max_spacing_s is None or _widest_gap(timestamps, ends) <= max_spacing_s + slack_s:
+    if max_spacing_s is None:
+        return ends
+    # A hair of float tolerance: a gap of exactly the spacing plus one raw frame must count as within.
+    allowed = max_spacing_s + slack_s + 1e-9
+    if _widest_gap(timestamps, ends) <= allowed:
         return ends
     blocks = num_frames // TEMPORAL_BLOCK
     span = float(timestamps[TEMPORAL_BLOCK * blocks - 1] - timestamps[TEMPORAL_BLOCK - 1])
     # Fewer than span / spacing + 1 ends cannot fit; rounding ends to blocks may need a few more.
-    k = max(len(ends) + 1, math.ceil(span / max_spacing_s) + 1)
+    k = max(len(ends) + 1, math.ceil(span / allowed) + 1)
     while k < blocks:
         ends = prefix_block_ends(num_frames, k)
-        if _widest_gap(timestamps, ends) <= max_spacing_s + slack_s:
+        if _widest_gap(timestamps, ends) <= allowed:
             return ends
         k += 1
     return prefix_block_ends(num_frames, blocks)
