@@ -1,0 +1,415 @@
+"""Benchmark: publish cost against dataset depth, and the curated set's file count over many nights.
+
+One v3.0 source of E+1 episodes per size (10 recorded by lerobot, then replicated by stream copy with
+:func:`replicate_dataset`: packets and rows are copied, not re-encoded, so building 5,000 episodes takes
+seconds), fake committed labels (``devkit.fake_labels``: every episode selected), and the publish task's
+body, :func:`pipeline.publish.publish_dataset`, run in a fresh subprocess per case so that its wall time
+and peak memory are the publishing process's own. Prints side by side:
+
+(a) for each E: the first publish of E episodes and the publish of one more (+1), wall time and peak
+    RSS of the process (and RSS after its imports, and how long importing ``pipeline.publish`` took);
+    the growth exponent x of the first publish (time ~ E^x between the smallest and largest E) and the
+    +1 ratio between the largest and smallest E;
+(b) the compaction simulation: a first publish of ``--start`` episodes, then ``--nights`` nights of one
+    new episode each (published in-process, ``publish.keep_superseded_s=0``: each night is a day later);
+    files under ``curated/`` after night 10 and the last night, and the bytes written under
+    ``curated/`` over all nights against the data added (the growth of a fresh publish of the same
+    selection), all files and the packed ones (``data/``, ``videos/``, ``meta/episodes/``).
+
+    python -m bench.publish_depth [--sizes 100,1000,5000] [--nights 100] [--start 10] [--length 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import av
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+FPS = 10
+# Recorded by lerobot once; every larger source is a stream copy of these.
+BASE_EPISODES = 10
+CAMERAS = ("observation.images.front", "observation.images.wrist")
+
+
+# Building sources ----------------------------------------------------------------------------------
+
+
+def base_dataset(folder: Path, length: int) -> Path:
+    """A v3.0 dataset of ``BASE_EPISODES`` episodes of ``length`` frames, recorded through lerobot."""
+    from devkit.synth import write_v30_dataset
+
+    return write_v30_dataset(folder, lengths=[length] * BASE_EPISODES, fps=FPS)
+
+
+def _replicate_video(base: Path, dest: Path, copies: int) -> float:
+    """Writes ``copies`` copies of the base mp4 back to back (packets stream-copied, timestamps shifted);
+    returns the base file's duration in seconds (the shift between copies)."""
+    with av.open(str(base)) as source:
+        stream = source.streams.video[0]
+        packets = [p for p in source.demux(stream) if p.pts is not None]
+        start = min(p.pts for p in packets)
+        span = max(p.pts + p.duration for p in packets) - start
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with av.open(str(dest), "w", options={"movflags": "faststart"}) as out:
+            copy = out.add_stream_from_template(template=stream, opaque=True)
+            copy.time_base = stream.time_base
+            times = [(p.pts, p.dts) for p in packets]
+            for index in range(copies):
+                # The same packets again, one span later (mux writes each one before it is shifted again).
+                for packet, (pts, dts) in zip(packets, times, strict=True):
+                    packet.pts, packet.dts = pts + index * span, dts + index * span
+                    packet.stream = copy
+                    out.mux(packet)
+        return float(span * stream.time_base)
+
+
+def replicate_dataset(base: Path, dest: Path, episodes: int) -> Path:
+    """A v3.0 dataset of ``episodes`` episodes made of copies of ``base``'s (all in one data file and one
+    mp4 per camera, as lerobot packs them): rows and packets copied, indices and timestamps shifted.
+
+    Args:
+        base: A v3.0 dataset whose episodes are all in ``file-000`` of chunk 0 (as lerobot records a few).
+        dest: Folder to create.
+        episodes: Episodes of the new dataset.
+
+    Returns:
+        ``dest``.
+    """
+    info = json.loads((base / "meta" / "info.json").read_text())
+    rows = pq.read_table(base / "data" / "chunk-000" / "file-000.parquet")
+    index = pq.read_table(base / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
+    per_copy, frames_per_copy = index.num_rows, rows.num_rows
+    copies = math.ceil(episodes / per_copy)
+    spans = {
+        key: _replicate_video(
+            base / "videos" / key / "chunk-000" / "file-000.mp4",
+            dest / "videos" / key / "chunk-000" / "file-000.mp4",
+            copies,
+        )
+        for key in CAMERAS
+    }
+    data, meta = [], []
+    for copy in range(copies):
+        data.append(_shifted(rows, {"episode_index": copy * per_copy, "index": copy * frames_per_copy}))
+        shifts = {
+            "episode_index": copy * per_copy,
+            "dataset_from_index": copy * frames_per_copy,
+            "dataset_to_index": copy * frames_per_copy,
+        }
+        for key, span in spans.items():
+            shifts[f"videos/{key}/from_timestamp"] = copy * span
+            shifts[f"videos/{key}/to_timestamp"] = copy * span
+        meta.append(_shifted(index, shifts))
+    table = pa.concat_tables(data)
+    table = table.filter(pc.less(table["episode_index"], episodes))
+    (dest / "data" / "chunk-000").mkdir(parents=True)
+    pq.write_table(table, dest / "data" / "chunk-000" / "file-000.parquet")
+    episodes_table = pa.concat_tables(meta)
+    episodes_table = episodes_table.filter(pc.less(episodes_table["episode_index"], episodes))
+    (dest / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
+    pq.write_table(episodes_table, dest / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
+    shutil.copy(base / "meta" / "tasks.parquet", dest / "meta" / "tasks.parquet")
+    shutil.copy(base / "meta" / "stats.json", dest / "meta" / "stats.json")
+    info.update(total_episodes=episodes, total_frames=table.num_rows, splits={"train": f"0:{episodes}"})
+    (dest / "meta" / "info.json").write_text(json.dumps(info, indent=4))
+    return dest
+
+
+def _shifted(table: pa.Table, shifts: dict[str, float]) -> pa.Table:
+    for name, shift in shifts.items():
+        position = table.schema.get_field_index(name)
+        column = table[name]
+        table = table.set_column(
+            position, table.schema.field(position), pc.add(column, pa.scalar(shift, column.type))
+        )
+    return table
+
+
+# One publish, in a fresh process ---------------------------------------------------------------------
+
+
+def _status_mb(field: str) -> float:
+    """A memory figure of this process from ``/proc/self/status`` (kB there), in MB.
+
+    ``VmHWM`` is the peak resident set of this process image: unlike ``getrusage``'s ``ru_maxrss``,
+    it does not carry over the parent's size from before ``exec`` (the parent here has LeRobot loaded).
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _publish_case(spec: dict[str, Any]) -> dict[str, Any]:
+    """Commits labels for ``spec['episodes']`` and publishes (the Ray task's body) in this process."""
+    started = time.perf_counter()
+    from devkit.fake_labels import commit_scores, job_for, lengths_of
+    from pipeline.config import load_config
+    from pipeline.publish import publish_dataset
+
+    imported_s = time.perf_counter() - started
+    rss_imports = _status_mb("VmRSS")
+    root, output = spec["root"], spec["output"]
+    commit_scores(root, "bench/depth", output, dict.fromkeys(spec["episodes"], 0.0), lengths_of(root), {})
+    cfg = load_config([f"output.uri={output}", "model.path=fake/vlm", "success.threshold=-1", *spec["extra"]])
+    job = job_for(root, "bench/depth", output, {})
+    started = time.perf_counter()
+    outcome = publish_dataset(job, cfg)
+    seconds = time.perf_counter() - started
+    if outcome.status != "published":
+        raise SystemExit(f"publish failed: {outcome.error}")
+    return {
+        "seconds": seconds,
+        "peak_mb": _status_mb("VmHWM"),
+        "imports_mb": rss_imports,
+        "import_s": imported_s,
+        "mode": outcome.curated_mode,
+        "episodes": outcome.curated_episodes,
+        "heavy": [m for m in ("torch", "transformers", "lerobot", "sympy") if m in sys.modules],
+    }
+
+
+def _run_case(root: Path, output: Path, episodes: range, extra: list[str]) -> dict[str, Any]:
+    spec = {"root": str(root), "output": str(output), "episodes": list(episodes), "extra": extra}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.publish_depth", "--case", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"publish case failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def depth(work: Path, base: Path, sizes: list[int]) -> dict[int, tuple[dict, dict]]:
+    """(a): first and +1 publish of each size, each in its own process."""
+    results = {}
+    for size in sizes:
+        source = replicate_dataset(base, work / f"source-{size}" / "bench" / "depth", size + 1)
+        output = work / f"out-{size}"
+        first = _run_case(source, output, range(size), [])
+        more = _run_case(source, output, range(size, size + 1), [])
+        results[size] = (first, more)
+        shutil.rmtree(work / f"source-{size}")
+        shutil.rmtree(output)
+    return results
+
+
+# Many nights ---------------------------------------------------------------------------------------
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Relative path -> (size, mtime, inode, links) of every file under ``folder``."""
+    found = {}
+    for path in folder.rglob("*"):
+        if path.is_file():
+            stat = path.stat()
+            found[path.relative_to(folder).as_posix()] = (
+                stat.st_size,
+                stat.st_mtime_ns,
+                stat.st_ino,
+                stat.st_nlink,
+            )
+    return found
+
+
+# What the bytes written under curated/ are, by kind of file.
+KINDS = ("data and videos", "episodes index", "single files")
+
+
+def _kind(relative: str) -> str:
+    """The kind of a file under ``curated/`` (its path inside a version folder decides)."""
+    inner = relative.split("/", 1)[-1]
+    if inner.startswith(("data/", "videos/")):
+        return KINDS[0]
+    return KINDS[1] if inner.startswith("meta/episodes/") else KINDS[2]
+
+
+def _version_bytes(curated: Path) -> dict[str, int]:
+    """Bytes of the version the pointer names, by kind and ``all``."""
+    from pipeline.curated.pointer import resolve_curated
+
+    root = Path(resolve_curated(str(curated)))
+    found = dict.fromkeys((*KINDS, "all"), 0)
+    for path in root.rglob("*"):
+        if path.is_file():
+            size = path.stat().st_size
+            found[_kind(path.relative_to(curated).as_posix())] += size
+            found["all"] += size
+    return found
+
+
+def nights(work: Path, base: Path, start: int, count: int) -> dict[str, Any]:
+    """(b): a first publish of ``start`` episodes, then ``count`` nights of one more episode each."""
+    from devkit.fake_labels import commit_scores, job_for, lengths_of
+    from pipeline.config import load_config
+    from pipeline.layout import CURATED_DIR
+    from pipeline.publish import publish_dataset
+
+    source = replicate_dataset(base, work / "nights-source" / "bench" / "nights", start + count)
+    lengths = lengths_of(source)
+    output = work / "nights-out"
+    cfg = load_config(
+        [f"output.uri={output}", "model.path=fake/vlm", "success.threshold=-1", "publish.keep_superseded_s=0"]
+    )
+
+    def night(episodes: range) -> Any:
+        commit_scores(str(source), "bench/nights", str(output), dict.fromkeys(episodes, 0.0), lengths, {})
+        outcome = publish_dataset(job_for(str(source), "bench/nights", str(output), {}), cfg)
+        if outcome.status != "published":
+            raise SystemExit(f"publish failed: {outcome.error}")
+        return outcome
+
+    night(range(start))
+    curated = output / "bench" / "nights" / CURATED_DIR
+    initial = _version_bytes(curated)
+    written = dict.fromkeys((*KINDS, "all", "linked"), 0)
+    files, modes, seconds = {}, {}, []
+    for number in range(1, count + 1):
+        before = _tree(curated)
+        inodes = {inode for _, _, inode, _ in before.values()}
+        started = time.perf_counter()
+        outcome = night(range(start + number - 1, start + number))
+        seconds.append(time.perf_counter() - started)
+        modes[outcome.curated_mode] = modes.get(outcome.curated_mode, 0) + 1
+        for relative, (size, mtime, inode, links) in _tree(curated).items():
+            if before.get(relative, (None,) * 3)[:3] == (size, mtime, inode):
+                continue
+            if inode in inodes and links > 1:  # a new name for stored bytes (a hard link): nothing written
+                written["linked"] += size
+                continue
+            written["all"] += size
+            written[_kind(relative)] += size
+        files[number] = len(_tree(curated))
+    final = _version_bytes(curated)
+    # The data added: how much a fresh publish of the final selection outgrows one of the first.
+    fresh = work / "nights-fresh"
+    fresh_cfg = load_config([f"output.uri={fresh}", "model.path=fake/vlm", "success.threshold=-1"])
+    commit_scores(str(source), "bench/nights", str(fresh), dict.fromkeys(range(start), 0.0), lengths, {})
+    publish_dataset(job_for(str(source), "bench/nights", str(fresh), {}), fresh_cfg)
+    fresh_start = _version_bytes(fresh / "bench" / "nights" / CURATED_DIR)
+    shutil.rmtree(fresh)
+    commit_scores(
+        str(source), "bench/nights", str(fresh), dict.fromkeys(range(start + count), 0.0), lengths, {}
+    )
+    publish_dataset(job_for(str(source), "bench/nights", str(fresh), {}), fresh_cfg)
+    fresh_end = _version_bytes(fresh / "bench" / "nights" / CURATED_DIR)
+    return {
+        "files": files,
+        "written": written,
+        "added": {kind: fresh_end[kind] - fresh_start[kind] for kind in fresh_end},
+        "initial": initial,
+        "final": final,
+        "modes": modes,
+        "seconds": seconds,
+    }
+
+
+# Report --------------------------------------------------------------------------------------------
+
+
+def _row(label: str, *cells: str) -> str:
+    return f"{label:<46}" + "".join(f"{cell:>16}" for cell in cells)
+
+
+def _print_depth(results: dict[int, tuple[dict, dict]]) -> None:
+    sizes = sorted(results)
+    print(_row("(a) publish of one dataset of E episodes", *(f"E={size:,}" for size in sizes)))
+    print(_row("  first publish [s]", *(f"{results[s][0]['seconds']:.2f}" for s in sizes)))
+    print(_row("  first publish, peak RSS [MB]", *(f"{results[s][0]['peak_mb']:.0f}" for s in sizes)))
+    print(_row("  +1 episode publish [s]", *(f"{results[s][1]['seconds']:.2f}" for s in sizes)))
+    print(_row("  +1 episode publish, peak RSS [MB]", *(f"{results[s][1]['peak_mb']:.0f}" for s in sizes)))
+    print(_row("  +1 mode", *(results[s][1]["mode"] for s in sizes)))
+    print(_row("  RSS after imports [MB]", *(f"{results[s][1]['imports_mb']:.0f}" for s in sizes)))
+    print(_row("  import pipeline.publish [s]", *(f"{results[s][1]['import_s']:.2f}" for s in sizes)))
+    heavy = sorted({m for s in sizes for case in results[s] for m in case["heavy"]})
+    print(f"  heavy modules loaded by the publishing process: {heavy or 'none'}")
+    if len(sizes) > 1:
+        low, high = sizes[0], sizes[-1]
+        exponent = math.log(results[high][0]["seconds"] / results[low][0]["seconds"]) / math.log(high / low)
+        ratio = results[high][1]["seconds"] / results[low][1]["seconds"]
+        memory = results[high][1]["peak_mb"] / results[low][1]["peak_mb"]
+        print(f"  first publish grows as E^{exponent:.2f} (E={low:,} -> {high:,}; target <= 1.05)")
+        print(f"  +1 publish E={high:,} / E={low:,}: {ratio:.2f}x time (target <= 2), {memory:.2f}x peak RSS")
+
+
+def _print_nights(result: dict[str, Any], start: int, count: int) -> None:
+    files, written, added = result["files"], result["written"], result["added"]
+    print(f"(b) {count} nights of +1 episode on a first publish of {start} (keep_superseded_s=0)")
+    for number in sorted({min(10, count), count}):
+        print(_row(f"  files under curated/ after night {number}", str(files[number])))
+    print(_row("  most files under curated/ on any night", str(max(files.values()))))
+    print(_row("  publishes by mode", ", ".join(f"{k} {v}" for k, v in sorted(result["modes"].items()))))
+    print(_row("", "all files", *(kind for kind in KINDS)))
+    kinds = ("all", *KINDS)
+    print(_row("  data added [bytes]", *(f"{added[kind]:,}" for kind in kinds)))
+    print(_row("  bytes written under curated/", *(f"{written[kind]:,}" for kind in kinds)))
+    print(_row("  written / added (target <= 3)", *(f"{written[kind] / added[kind]:.2f}" for kind in kinds)))
+    print(_row("  written per night [bytes]", *(f"{written[kind] // count:,}" for kind in kinds)))
+    print(_row("  bytes carried by hard link (not written)", f"{written['linked']:,}"))
+    print(
+        _row(
+            "  version size, first / last night [bytes]",
+            f"{result['initial']['all']:,}",
+            f"{result['final']['all']:,}",
+        )
+    )
+    nightly = sorted(result["seconds"])
+    print(
+        _row(
+            "  night publish time, median / max [s]",
+            f"{nightly[len(nightly) // 2]:.2f}",
+            f"{nightly[-1]:.2f}",
+        )
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Runs (a) and (b) and prints them."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="100,1000,5000", help="dataset depths E for (a), comma-separated")
+    parser.add_argument("--nights", type=int, default=100, help="nights of +1 episode for (b); 0 skips it")
+    parser.add_argument("--start", type=int, default=10, help="episodes of the first publish in (b)")
+    parser.add_argument("--length", type=int, default=20, help="frames per episode")
+    parser.add_argument("--case", help=argparse.SUPPRESS)  # one publish, run by (a) in a subprocess
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every dataset here is local
+    if args.case:
+        print(json.dumps(_publish_case(json.loads(args.case))))
+        return
+    sizes = sorted(int(size) for size in args.sizes.split(",") if size)
+    work = Path(tempfile.mkdtemp(prefix="bench-depth-"))
+    try:
+        base = base_dataset(work / "base" / "bench" / "base", args.length)
+        results = depth(work, base, sizes) if sizes else {}
+        simulated = nights(work, base, args.start, args.nights) if args.nights else None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\nbench.publish_depth: {args.length} frames/episode, {len(CAMERAS)} cameras, local disk\n")
+    if results:
+        _print_depth(results)
+        print()
+    if simulated:
+        _print_nights(simulated, args.start, args.nights)
+
+
+if __name__ == "__main__":
+    main()
