@@ -58,17 +58,20 @@ TASKS_PER_ROBOT = 10
 FLEET_PREFIX = "fleet"
 # Threads of the setup helpers (listing and committing thousands of datasets before a benchmark).
 SETUP_THREADS = 16
-# Output files of one dataset that are not in a sub-folder (pipeline.layout's names).
+# Output files of one dataset that are not in a sub-folder, and of the output root (pipeline.layout's
+# names).
 _TABLES = {"episodes.parquet", "topreward_progress.parquet", "_published.json"}
+_ROOT_FILES = {"_index.parquet": "_index", "_topreward_output.json": "marker"}
 
 
 def fleet_area(bucket: str, key: str) -> str:
     """The area of a request on a fleet and its outputs, for the counting proxy.
 
     ``<bucket>:_state`` (committed shards and markers), ``:_runs`` (run records), ``:curated`` (curated
-    datasets), ``:tables`` (a dataset's published parquet files and ``_published.json``), ``:meta`` (a
-    source's ``meta/``), ``:data+videos``, else ``:other`` (listings of whole prefixes, the fleet index,
-    anything new). For a LIST the key is its prefix.
+    datasets), ``:tables`` (a dataset's published parquet files and ``_published.json``), ``:_index``
+    (the fleet index), ``:marker`` (the output marker), ``:meta`` (a source's ``meta/``),
+    ``:data+videos``, else ``:other`` (listings of whole prefixes, anything new). For a LIST the key is
+    its prefix.
     """
     parts = key.split("/")
     for folder in ("_state", "_runs", "curated"):
@@ -76,6 +79,8 @@ def fleet_area(bucket: str, key: str) -> str:
             return f"{bucket}:{folder}"
     if parts[-1] in _TABLES:
         return f"{bucket}:tables"
+    if parts[-1] in _ROOT_FILES:
+        return f"{bucket}:{_ROOT_FILES[parts[-1]]}"
     if "meta" in parts:
         return f"{bucket}:meta"
     if "data" in parts or "videos" in parts:

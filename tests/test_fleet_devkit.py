@@ -129,6 +129,7 @@ def test_fleet_area_names_the_pipelines_folders():
     assert fleet_area("labels", "topreward/robot0/task1/episodes.parquet") == "labels:tables"
     assert fleet_area("fleet", "fleet/robot0/task1/meta/info.json") == "fleet:meta"
     assert fleet_area("fleet", "fleet/robot0/task1/videos/cam/chunk-000/file-000.mp4") == "fleet:data+videos"
+    assert fleet_area("labels", "topreward/_index.parquet") == "labels:_index"
     assert fleet_area("fleet", "fleet/") == "fleet:other"
 
 
