@@ -25,9 +25,11 @@ lines (``job.log_level=DEBUG`` adds the marks ``jobs.relabel: pipeline imported`
 
 ``--repeat`` runs the three-run sequence that many times (fresh folders each) and prints each part's
 median; with ``--log-level INFO`` only the wall times mean anything (the marks are DEBUG lines).
-``--project`` names checkouts whose ``jobs.relabel`` to run (e.g. a ``git worktree`` of the code before a
-change and one after): their sequences alternate, so a busy machine's noise falls on both alike, and one
-table is printed per checkout.
+``--max-load L`` waits before each job (up to ``--max-wait`` seconds) until the 1-minute load average
+is at most L, so that a machine shared with other work is measured in its quiet moments; the table says
+the load each run started at. ``--project`` names checkouts whose ``jobs.relabel`` to run (e.g. a ``git
+worktree`` of the code before a change and one after): their sequences alternate, so a busy machine's
+noise falls on both alike, and one table is printed per checkout.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Timed:
     parts: dict[str, float] = field(default_factory=dict)
     exit_code: int = 0
     log: list[str] = field(default_factory=list)
+    load: float = 0.0
 
 
 def _marks(lines: list[str]) -> list[tuple[float, str]]:
@@ -112,7 +115,15 @@ def split(lines: list[str], spawned: float, exited: float) -> dict[str, float]:
     return parts
 
 
-def run_job(project: Path, source: Path, output: Path, log_level: str) -> Timed:
+def quiet(max_load: float | None, max_wait_s: float) -> float:
+    """Waits until the 1-minute load average is at most ``max_load`` (at most ``max_wait_s``); returns it."""
+    deadline = time.monotonic() + max_wait_s
+    while max_load is not None and os.getloadavg()[0] > max_load and time.monotonic() < deadline:
+        time.sleep(5)
+    return os.getloadavg()[0]
+
+
+def run_job(project: Path, source: Path, output: Path, log_level: str, load: float = 0.0) -> Timed:
     """One ``python -m jobs.relabel`` of ``project`` over ``source`` into ``output``, spawn to exit."""
     args = [
         f"source.uris=[{source}]",
@@ -137,19 +148,21 @@ def run_job(project: Path, source: Path, output: Path, log_level: str) -> Timed:
     )
     exited = time.time()
     lines = done.stderr.splitlines()
-    return Timed(exited - spawned, split(lines, spawned, exited), done.returncode, lines)
+    return Timed(exited - spawned, split(lines, spawned, exited), done.returncode, lines, load)
 
 
-def sequence(project: Path, folder: Path, log_level: str) -> dict[str, Timed]:
+def sequence(
+    project: Path, folder: Path, log_level: str, wait: tuple[float | None, float]
+) -> dict[str, Timed]:
     """The three runs of the module docstring, in ``folder``, with ``project``'s ``jobs.relabel``."""
     from devkit.synth import write_v30_dataset
 
     source, output = folder / "src", folder / "out"
     write_v30_dataset(source / "bench" / "a", repo_id="bench/a", lengths=[20])
-    timed = {"first": run_job(project, source, output, log_level)}
+    timed = {"first": run_job(project, source, output, log_level, quiet(*wait))}
     write_v30_dataset(source / "bench" / "b", repo_id="bench/b", lengths=[20])
-    timed["+1"] = run_job(project, source, output, log_level)
-    timed["no-op"] = run_job(project, source, output, log_level)
+    timed["+1"] = run_job(project, source, output, log_level, quiet(*wait))
+    timed["no-op"] = run_job(project, source, output, log_level, quiet(*wait))
     for name, result in timed.items():
         if result.exit_code != 0:
             print("\n".join(result.log[-40:]), file=sys.stderr)
@@ -168,6 +181,8 @@ def table(results: list[dict[str, Timed]]) -> str:
         lines.append(f"{part:<28}" + "".join(cells))
     walls = {run: [f"{r[run].wall_s:.1f}" for r in results] for run in RUNS}
     lines.append("each wall: " + "; ".join(f"{run} {', '.join(walls[run])}" for run in RUNS))
+    loads = {run: [f"{r[run].load:.1f}" for r in results] for run in RUNS}
+    lines.append("load at start: " + "; ".join(f"{run} {', '.join(loads[run])}" for run in RUNS))
     return "\n".join(lines)
 
 
@@ -180,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="DEBUG", help="job.log_level of the runs (DEBUG: parts)")
     parser.add_argument("--show-log", action="store_true", help="print the last sequence's job logs")
     parser.add_argument("--project", type=Path, nargs="+", default=[PROJECT], help="checkouts to run")
+    parser.add_argument("--max-load", type=float, default=None, help="wait for this 1-min load average")
+    parser.add_argument("--max-wait", type=float, default=600, help="seconds to wait for it at most")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from devkit.tiny_model import ensure_tiny_model
@@ -189,7 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.repeat):
         for project in args.project:
             with tempfile.TemporaryDirectory(prefix="topreward-startup-") as tmp:
-                results[project].append(sequence(project, Path(tmp), args.log_level))
+                wait = (args.max_load, args.max_wait)
+                results[project].append(sequence(project, Path(tmp), args.log_level, wait))
     for project, timed in results.items():
         if args.show_log:
             for run in RUNS:
