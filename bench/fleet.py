@@ -554,6 +554,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-ms", type=float, default=30.0, help="assumed latency of a real bucket")
     parser.add_argument("--cpus", type=int, default=os.cpu_count(), help="CPUs of the local Ray")
     parser.add_argument("--stock-moto", action="store_true", help="moto's own listing (scans the bucket)")
+    parser.add_argument("--label", default="", help="names the code measured in the header (e.g. 'before')")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--log", type=Path, help="write the runs' pipeline log lines here")
     args = parser.parse_args(argv)
@@ -595,7 +596,7 @@ def main(argv: list[str] | None = None) -> None:
 
     template_note = f"{args.episodes} episodes x ~{args.length} frames, {args.cameras} camera(s) 64x64 AV1"
     header = [
-        f"bench.fleet: code {_code_version()}",
+        f"bench.fleet: {args.label + ': ' if args.label else ''}code {_code_version()}",
         f"  datasets: LeRobot v3.0, {template_note}; labels pre-committed (config {chash}), "
         f"score {SCORE}, threshold {THRESHOLD} (all selected)",
         f"  S3: moto in its own process behind a counting proxy ({'stock' if args.stock_moto else 'indexed'} "
