@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import spearmanr
 
 
 def minmax_normalize(raw: np.ndarray) -> np.ndarray:
@@ -45,4 +44,8 @@ def value_order_correlation(values: np.ndarray) -> float:
     values = np.asarray(values, dtype=np.float64)
     if values.size < 2 or np.allclose(values, values[0]):
         return float("nan")
+    # Imported here: scipy.stats costs a second or more of start-up to every process that imports this
+    # module (the driver, through pipeline.decision) and only scoring and evaluation compute a VOC.
+    from scipy.stats import spearmanr
+
     return float(spearmanr(values, np.arange(values.size)).statistic)

@@ -21,7 +21,6 @@ from pipeline.catalog import EpisodeRecord, list_episodes
 from pipeline.config import ConfigError, RelabelConfig, config_hash
 from pipeline.failures import CREDENTIALS_HINT, failure_lines, looks_like_credentials
 from pipeline.fleetindex import FleetIndex
-from pipeline.frames.decode import decode_episode
 from pipeline.placement import (
     ScorerPlacement,
     cluster_placement,
@@ -35,8 +34,6 @@ from pipeline.publish import PublishJob, PublishOutcome, publish_all
 from pipeline.reader.dataset import INFO_PATH
 from pipeline.runrecord import RunRecord, prune_run_records
 from pipeline.sinks import State, list_states, load_states, marker_count, state_uri, write_shards
-from pipeline.stages.label import label_episode
-from pipeline.stages.score import ScoreEpisodes
 from pipeline.stopping import RunStopped, requested_stop, start_ray, stop_on_signals
 from pipeline.storage import normalize_uri, redact, with_storage_retries
 
@@ -153,6 +150,12 @@ def build_dataset(
 
     ``placement`` is the scorer pool's shape, resolved against the connected cluster when None.
     """
+    # Imported here, when there is something to score: the stages pull in PyAV, torch, transformers
+    # and scipy, seconds of a driver's start that a night with nothing new never needs.
+    from pipeline.frames.decode import decode_episode
+    from pipeline.stages.label import label_episode
+    from pipeline.stages.score import ScoreEpisodes
+
     decode_compute = (
         ray.data.TaskPoolStrategy(size=cfg.ray.decode_concurrency) if cfg.ray.decode_concurrency else None
     )

@@ -45,12 +45,6 @@ def test_a_publish_worker_loads_no_torch_transformers_or_lerobot():
     assert not _loaded_after("import pipeline.publish") & {"torch", "transformers", "lerobot"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="until pipeline/stages/score.py imports torch, transformers and pipeline.scoring inside "
-    "ScoreEpisodes and is_fatal_device_error, and pipeline/labels.py imports scipy inside "
-    "value_order_correlation()",
-)
 def test_the_driver_and_a_publish_worker_load_none_of_torch_transformers_lerobot_scipy():
     assert not _loaded_after("import jobs.relabel, pipeline.relabel, pipeline.publish") & set(HEAVY)
 
