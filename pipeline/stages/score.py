@@ -15,12 +15,12 @@ from datetime import UTC, datetime
 
 import numpy as np
 import ray
-import torch
-from transformers.utils import logging as hf_logging
 
 from pipeline.config import ModelConfig, ScoringConfig
-from pipeline.scoring.inputs import EpisodeClip
-from pipeline.scoring.scorer import PrefixScorer
+
+# torch, transformers and the scorer are imported inside the actor, never on the driver that builds
+# the graph: a driver that loads torch late (after Ray and PyAV) can fail to map its libraries
+# (oneMKL "Cannot load libtorch_cpu.so"), and one that loads it early pays seconds for nothing.
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ _FATAL_DEVICE_MARKERS = ("CUDA error", "device-side assert", "illegal memory acc
 
 def is_fatal_device_error(err: BaseException) -> bool:
     """True for errors that poison the device (not out-of-memory, which one smaller episode survives)."""
+    import torch
+
     if isinstance(err, torch.cuda.OutOfMemoryError):
         return False
     return isinstance(err, RuntimeError) and any(marker in str(err) for marker in _FATAL_DEVICE_MARKERS)
@@ -40,6 +42,11 @@ class ScoreEpisodes:
     """Scores a batch of decoded episodes with the cached TOPReward scorer."""
 
     def __init__(self, model: ModelConfig, scoring: ScoringConfig, threads: int | None = None) -> None:
+        import torch
+        from transformers.utils import logging as hf_logging
+
+        from pipeline.scoring.scorer import PrefixScorer
+
         # The weight-loading bars would land in the driver's log once per actor; the log line below says
         # the same. (The run also sets HF_HUB_DISABLE_PROGRESS_BARS in the actor's runtime_env.)
         hf_logging.disable_progress_bar()
@@ -57,6 +64,8 @@ class ScoreEpisodes:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Score each row of a numpy batch; failures go on the row."""
+        from pipeline.scoring.inputs import EpisodeClip
+
         size = len(batch["episode_index"])
         true_lp: list[np.ndarray] = []
         false_lp: list[np.ndarray] = []
