@@ -63,7 +63,7 @@ from pipeline.curated.v30 import (
     STATS_PATH,
     Layout,
     Stats,
-    aggregate_stats,
+    StatsSum,
     column_stats,
     curated_info,
     flatten,
@@ -270,10 +270,9 @@ class _Tasks:
 
 @dataclass
 class _Copied:
-    """What copying episodes wrote: their placement, their stored stats and their video packet bytes."""
+    """What copying episodes wrote: their placement and their video packet bytes."""
 
     placed: Placed
-    stats: list[Stats]
     video_bytes: int
 
 
@@ -323,7 +322,7 @@ class _Copier:
         row |= {"dataset_from_index": first_index, "dataset_to_index": first_index + episode.length}
         if self._row_bytes is None:  # every row has the same columns: one estimate of its size
             self._row_bytes = 8 * sum(len(v) if isinstance(v, list) else 1 for v in row.values()) + 64
-        row |= self.episodes.append(row, self._row_bytes)
+        self.episodes.append(row, self._row_bytes)
         return stats, video_bytes
 
 
@@ -339,14 +338,18 @@ def _copy_episodes(
     run: Run,
     first_index: int,
     schema: pa.Schema | None,
+    stats: StatsSum,
+    counted: int,
 ) -> _Copied:
     """Copies the ``copy`` (episode, fingerprint)s as episodes ``run.start``... into fresh packed files,
-    each data and video file uploaded as it closes, the episodes files after them."""
+    each data and video file uploaded as it closes, the episodes files after them; the stats of the last
+    ``counted`` of them are added to ``stats``."""
     data = DataPacker(upload.root, layout, starts.data, upload)
     videos = {key: VideoPacker(upload.root, layout, key, starts.videos[key], upload) for key in cameras}
     episodes = EpisodesPacker(upload.root, layout, starts.episodes, upload.hold, schema)
     copier = _Copier(source, features, tasks, (data, videos, episodes), run)
-    stats, video_bytes, lengths, firsts = [], 0, [], []
+    video_bytes, lengths, firsts = 0, [], []
+    first_counted = len(copy) - counted
     with ExitStack() as closing:
         # Open mp4s are finished even if an episode fails.
         for packer in videos.values():
@@ -354,7 +357,8 @@ def _copy_episodes(
         closing.push(upload.note_exit)  # runs first on the way out
         for offset, ((_, fingerprint), episode) in enumerate(zip(copy, source.episodes(), strict=True)):
             episode_stats, episode_bytes = copier.copy(episode, fingerprint, run.start + offset, first_index)
-            stats.append(episode_stats)
+            if offset >= first_counted:
+                stats.add(episode_stats)
             video_bytes += episode_bytes
             lengths.append(episode.length)
             firsts.append(first_index)
@@ -372,7 +376,7 @@ def _copy_episodes(
         np.array(firsts, dtype=np.int64),
         np.array(lengths, dtype=np.int64),
     )
-    return _Copied(placed, stats, video_bytes)
+    return _Copied(placed, video_bytes)
 
 
 @dataclass(frozen=True)
@@ -384,8 +388,8 @@ class _Version:
     keep: int  # the base's first episodes kept as they are
     copy: list[tuple[int, str]]  # (source episode, fingerprint)s copied after them, in order
     run: Run  # the run the copied episodes form
-    stats_base: Stats | None  # aggregated stats the new episodes are added to (None: of the copied)
-    new: int  # how many of the copied episodes, at the end, are new to the dataset
+    stats_base: Stats | None  # aggregated stats the new episodes are added to (None: none)
+    new: int  # how many of the copied episodes, at the end, are new to the dataset (and to the stats)
     carry_from: VersionRoot | None = None  # where the kept files are (None: already in dest)
     append: bool = False  # info.json commits an append (stats.json follows it) rather than a version
 
@@ -412,11 +416,12 @@ def _write(inputs: _Inputs, version: _Version) -> tuple[Placed, int]:
                 dest.carry(version.carry_from, relative)
         starts = base.starts(version.keep) if base is not None else Starts.fresh(cameras)
         schema = base.schema if base is not None else None
+        stats = StatsSum(version.stats_base)
         with tempfile.TemporaryDirectory(prefix="curated-", dir=inputs.temp_dir) as tmp:
             upload = _Upload(dest, Path(tmp) / "dataset")
             copied = _copy_episodes(
                 source, version.copy, features, tasks, layout, cameras, starts, upload, version.run,
-                kept.frames, schema,
+                kept.frames, schema, stats, version.new,
             )  # fmt: skip
         info = curated_info(
             source.info,
@@ -427,29 +432,21 @@ def _write(inputs: _Inputs, version: _Version) -> tuple[Placed, int]:
             tasks=len(tasks.names),
         )
     placed = kept + copied.placed
-    new_stats = copied.stats[len(copied.stats) - version.new :] if version.new else []
-    if version.stats_base is None:
-        stats = aggregate_stats(copied.stats)
-    else:
-        stats = aggregate_stats([version.stats_base, *new_stats]) if new_stats else version.stats_base
-    _commit(inputs, dest, info, tasks, stats, placed, version.append)
+    if base is None or tasks.names != base.stored_tasks:
+        dest.write(tasks_bytes(tasks.names), DEFAULT_TASKS_PATH)
+    elif version.carry_from is not None:
+        dest.carry(version.carry_from, DEFAULT_TASKS_PATH)
+    _commit(inputs, dest, info, stats.result(), placed, version.append)
     return placed, copied.video_bytes
 
 
 def _commit(
-    inputs: _Inputs,
-    dest: VersionRoot,
-    info: dict[str, Any],
-    tasks: _Tasks,
-    stats: Stats,
-    placed: Placed,
-    append: bool,
+    inputs: _Inputs, dest: VersionRoot, info: dict[str, Any], stats: Stats, placed: Placed, append: bool
 ) -> None:
-    """After the data, video and episodes files: tasks, progress, ``info.json`` (the commit point of an
-    append, and the last file a reader of a new version needs), with ``stats.json`` before it in a new
-    version and right after it in an append (so that it always covers exactly the committed episodes or
-    those before the last append: :meth:`~pipeline.curated.store.VersionRoot.running_stats`)."""
-    dest.write(tasks_bytes(tasks.names), DEFAULT_TASKS_PATH)
+    """After the data, video and episodes files and the tasks table: progress, ``info.json`` (the commit
+    point of an append, and the last file a reader of a new version needs), with ``stats.json`` before it
+    in a new version and right after it in an append (so that it always covers exactly the committed
+    episodes or those before the last append: :meth:`~pipeline.curated.store.VersionRoot.running_stats`)."""
     if not append:
         dest.write(stats_json(stats), STATS_PATH)
     if inputs.progress is not None:

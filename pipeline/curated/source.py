@@ -49,14 +49,20 @@ from pipeline.storage import filesystem_for, join_uri
 
 __all__ = ["CurationError", "Source", "SourceEpisode", "row_stats"]
 
+# Source stats are unpacked from their columns this many episodes at a time.
+_STATS_CHUNK = 256
+
 
 class CurationError(ValueError):
     """The selection or the source dataset cannot be curated; the message names the file and episode."""
 
 
 def row_stats(row: dict[str, Any]) -> Stats:
-    """The per-episode stats of a v3.0 episodes-index row (its flattened ``stats/...`` columns)."""
-    stats = {key.removeprefix("stats/"): v for key, v in row.items() if key.startswith("stats/")}
+    """The per-episode stats of a v3.0 episodes-index row (its flattened ``stats/...`` columns; a column
+    another index file has and this row's file has not is null and left out)."""
+    stats = {
+        key.removeprefix("stats/"): v for key, v in row.items() if key.startswith("stats/") and v is not None
+    }
     return stats_to_numpy(unflatten(stats))
 
 
@@ -116,9 +122,12 @@ class Source:
         self.layout = Layout.of(self.info)
         self.cameras = list(self._meta.video_keys)
         self._episodes = _chosen(self._meta, episodes)
-        self._stats = self._read_stats({episode.episode_index for episode in self._episodes})
+        self._read_stats({episode.episode_index for episode in self._episodes})
         self._videos: dict[str, tuple[str, ExitStack, av.container.InputContainer]] = {}
         self._data: _DataFile | None = None
+        self._in_file: dict[str, set[int]] = {}
+        for episode in self._episodes:
+            self._in_file.setdefault(episode.data_path, set()).add(episode.episode_index)
 
     def __enter__(self) -> Source:
         return self
@@ -159,8 +168,16 @@ class Source:
     def _task_table(self) -> dict[int, str]:
         if self._meta.codebase_version == V21:
             return {row["task_index"]: row["task"] for row in self._jsonl(LEGACY_TASKS_PATH)}
-        tasks = self._parquet(DEFAULT_TASKS_PATH).to_pandas()
-        return {int(index): str(task) for task, index in tasks["task_index"].items()}
+        tasks = self._parquet(DEFAULT_TASKS_PATH)
+        # LeRobot writes a pandas frame indexed by the task text: the index is stored as a column.
+        indexed = (tasks.schema.pandas_metadata or {}).get("index_columns") or []
+        column = (
+            "task" if "task" in tasks.column_names else next((c for c in indexed if isinstance(c, str)), None)
+        )
+        if column is None or "task_index" not in tasks.column_names:
+            raise CurationError(f"{self.file_uri(DEFAULT_TASKS_PATH)}: no task and task_index columns")
+        names, indices = tasks[column].to_pylist(), tasks["task_index"].to_pylist()
+        return {int(index): str(task) for task, index in zip(names, indices, strict=True)}
 
     def task_names(self) -> dict[int, str]:
         """Task index -> task string, as the source's tasks table has them."""
@@ -187,27 +204,52 @@ class Source:
         return texts | {name: name for name in self._task_table.values() if name == name.strip()}
 
     def stats(self, episode: SourceEpisode) -> Stats:
-        """The episode's per-feature stats, as the source stores them."""
-        return self._stats[episode.episode_index]
+        """The episode's per-feature stats, as the source stores them.
 
-    def _read_stats(self, wanted: set[int]) -> dict[int, Stats]:
-        """The chosen episodes' stats: v3.0 ``stats/*`` index columns, v2.1 ``episodes_stats.jsonl``."""
+        v3.0 stats stay columns (about 2.4 kB an episode) until asked for, then are unpacked
+        ``_STATS_CHUNK`` rows at a time: episodes are visited in order, so memory holds one chunk.
+        """
+        index = episode.episode_index
+        if self._v21_stats is not None:
+            return self._v21_stats[index]
+        if index not in self._stats_chunk:
+            start = self._stats_rows[index]
+            rows = self._stats_table.slice(start, _STATS_CHUNK).to_pylist()
+            self._stats_chunk = {int(row["episode_index"]): row_stats(row) for row in rows}
+        return self._stats_chunk[index]
+
+    def _read_stats(self, wanted: set[int]) -> None:
+        """Reads the chosen episodes' stats: v3.0 ``stats/*`` index columns, v2.1 ``episodes_stats.jsonl``.
+
+        Raises:
+            CurationError: An episode has none.
+        """
+        self._v21_stats: dict[int, Stats] | None = None
+        self._stats_chunk: dict[int, Stats] = {}
         if self._meta.codebase_version == V21:
             rows = {row["episode_index"]: row["stats"] for row in self._jsonl(LEGACY_EPISODES_STATS_PATH)}
-            found = {index: stats_to_numpy(rows[index]) for index in wanted if index in rows}
-            where = LEGACY_EPISODES_STATS_PATH
+            self._v21_stats = {index: stats_to_numpy(rows[index]) for index in wanted if index in rows}
+            found, where = set(self._v21_stats), LEGACY_EPISODES_STATS_PATH
         else:
-            found = {}
-            for relative in episodes_index_files(self.fs, self.root):
-                found |= self._v30_stats(relative, wanted)
+            files = episodes_index_files(self.fs, self.root)
+            tables = [table for table in (self._v30_stats(name, wanted) for name in files) if table.num_rows]
+            table = pa.concat_tables(tables, promote_options="default") if tables else None
+            found = set(table["episode_index"].to_pylist()) if table is not None else set()
+            if found:
+                # In the order episodes are visited (the order they were given): chunks follow the copy.
+                position = {episode.episode_index: i for i, episode in enumerate(self._episodes)}
+                order = np.argsort([position[e] for e in table["episode_index"].to_pylist()], kind="stable")
+                table = table.take(pa.array(order))
+                self._stats_table = table
+                self._stats_rows = {e: row for row, e in enumerate(table["episode_index"].to_pylist())}
             where = EPISODES_DIR
-        missing = sorted(wanted - set(found))
+        missing = sorted(wanted - found)
         if missing:
             raise CurationError(f"{self.file_uri(where)}: no stats for episodes {missing}")
-        return found
 
-    def _v30_stats(self, relative: str, wanted: set[int]) -> dict[int, Stats]:
-        """The ``stats/*`` columns of one episodes index file, for its rows of ``wanted`` episodes.
+    def _v30_stats(self, relative: str, wanted: set[int]) -> pa.Table:
+        """The ``episode_index`` and ``stats/*`` columns of one episodes index file, for its rows of
+        ``wanted`` episodes.
 
         Only the row groups that can hold a wanted episode are read (LeRobot writes a few episodes per
         row group, with min/max statistics): publishing one new episode reads its stats, not every one.
@@ -218,18 +260,27 @@ class Source:
             columns = [name for name in parquet.schema_arrow.names if name.startswith("stats/")]
             groups = _row_groups_with(parquet, "episode_index", wanted)
             if not groups:
-                return {}
+                return pa.table({"episode_index": pa.array([], pa.int64())})
             table = parquet.read_row_groups(groups, columns=["episode_index", *columns])
         chosen = pa.array(sorted(wanted), pa.int64())
-        table = table.filter(pc.is_in(table["episode_index"], value_set=chosen))
-        return {int(row["episode_index"]): row_stats(row) for row in table.to_pylist()}
+        return table.filter(pc.is_in(table["episode_index"], value_set=chosen))
 
     # Data rows and video packets -------------------------------------------------------------------
+
+    def _data_file(self, relative: str) -> pa.Table:
+        """The rows of a data file that hold the chosen episodes in it: the row groups whose
+        ``episode_index`` statistics admit one of them (LeRobot writes one row group per episode, so an
+        append reads its episodes, not the file), every row group when the file has no statistics."""
+        wanted = self._in_file.get(relative, set())
+        with touching(self.file_uri(relative)), self.fs.open(self._path(relative), "rb") as f:
+            parquet = pq.ParquetFile(f)
+            groups = _row_groups_with(parquet, "episode_index", wanted)
+            return parquet.read_row_groups(groups) if groups else parquet.schema_arrow.empty_table()
 
     def data_rows(self, episode: SourceEpisode) -> pa.Table:
         """The episode's rows of its data file, unchanged."""
         if self._data is None or self._data.path != episode.data_path:
-            self._data = _DataFile.of(episode.data_path, self._parquet(episode.data_path))
+            self._data = _DataFile.of(episode.data_path, self._data_file(episode.data_path))
         rows = self._data.episode_rows(episode.episode_index)
         if rows.num_rows != episode.length:
             raise CurationError(
@@ -296,7 +347,9 @@ def _row_groups_with(parquet: pq.ParquetFile, column: str, wanted: set[int]) -> 
     if metadata.num_row_groups == 0:
         return []
     first = metadata.row_group(0)
-    position = next(i for i in range(first.num_columns) if first.column(i).path_in_schema == column)
+    position = next((i for i in range(first.num_columns) if first.column(i).path_in_schema == column), None)
+    if position is None:
+        return list(range(metadata.num_row_groups))
     values = np.array(sorted(wanted), dtype=np.int64)
     groups = []
     for group in range(metadata.num_row_groups):

@@ -41,7 +41,7 @@ from pipeline.curated.v30 import (
     STATS_PATH,
     Layout,
     Stats,
-    aggregate_stats,
+    StatsSum,
     episodes_file,
     stats_to_numpy,
 )
@@ -148,12 +148,15 @@ class Committed:
             camera's ``videos/<key>/chunk_index`` / ``file_index``.
         tasks: Task texts by task index (those the committed episodes use).
         schema: The schema of its episodes files: appended ones are written with it.
+        stored_tasks: Task texts by task index as ``tasks.parquet`` holds them (more than ``tasks`` after
+            an append stopped before its ``info.json``).
     """
 
     info: dict[str, Any]
     index: pa.Table
     tasks: list[str]
     schema: pa.Schema
+    stored_tasks: list[str]
 
     @property
     def layout(self) -> Layout:
@@ -200,11 +203,15 @@ class Committed:
         stops = np.append(bounds, starts.size).astype(np.int64)
         return [Run(int(a), int(b), int(levels[a])) for a, b in zip(firsts, stops, strict=True)]
 
-    def _files(self, kind: str, stop: int | None = None) -> list[FileIndex]:
-        pairs = zip(
-            self.column(f"{kind}/chunk_index", stop), self.column(f"{kind}/file_index", stop), strict=True
+    def _files(self, kind: str, stop: int | None = None, start: int = 0) -> list[FileIndex]:
+        """The distinct ``(chunk, file)`` of one kind of file that episodes ``start`` to ``stop`` are in."""
+        pairs = np.stack(
+            [
+                self.column(f"{kind}/chunk_index", stop)[start:],
+                self.column(f"{kind}/file_index", stop)[start:],
+            ]
         )
-        return sorted({(int(chunk), int(file)) for chunk, file in pairs})
+        return [(int(chunk), int(file)) for chunk, file in np.unique(pairs, axis=1).T]
 
     def referenced(self, stop: int | None = None) -> set[str]:
         """Every data, video and episodes file its (first ``stop``) episodes point at."""
@@ -221,11 +228,7 @@ class Committed:
         if stop in (0, self.episodes):
             return False
         kinds = ["data", "meta/episodes", *(f"videos/{key}" for key in self.cameras)]
-        return any(set(self._files(kind, stop)) & set(self._files_from(kind, stop)) for kind in kinds)
-
-    def _files_from(self, kind: str, start: int) -> list[FileIndex]:
-        chunks, files = self.column(f"{kind}/chunk_index")[start:], self.column(f"{kind}/file_index")[start:]
-        return sorted({(int(chunk), int(file)) for chunk, file in zip(chunks, files, strict=True)})
+        return any(set(self._files(kind, stop)) & set(self._files(kind, None, stop)) for kind in kinds)
 
     def starts(self, stop: int) -> Starts:
         """Fresh file indices after every file its first ``stop`` episodes reference."""
@@ -237,6 +240,15 @@ class Committed:
             {key: next_index(self._files(f"videos/{key}", stop)[-1], size) for key in self.cameras},
             next_index(self._files("meta/episodes", stop)[-1], size),
         )
+
+
+def _summed(base: Stats | None, episodes: list[Stats]) -> Stats:
+    """``base`` plus ``episodes`` as an append adds them (:class:`~pipeline.curated.v30.StatsSum`), so that
+    stats completed after a stopped publish have the bits the whole publish would have written."""
+    total = StatsSum(base)
+    for stats in episodes:
+        total.add(stats)
+    return total.result()
 
 
 def _is_episodes_file(relative: str) -> bool:
@@ -299,8 +311,9 @@ class VersionRoot:
             names = pq.read_table(pa.BufferReader(self.read(DEFAULT_TASKS_PATH)))
         by_index = dict(zip(names["task_index"].to_pylist(), names["task"].to_pylist(), strict=True))
         used = set(pc.unique(pc.list_flatten(table["tasks"])).to_pylist())
-        tasks = [by_index[i] for i in sorted(by_index) if by_index[i] in used]
-        return Committed(info, table.drop_columns(["tasks"]).combine_chunks(), tasks, schema)
+        stored = [by_index[i] for i in sorted(by_index)]
+        tasks = [name for name in stored if name in used]
+        return Committed(info, table.drop_columns(["tasks"]).combine_chunks(), tasks, schema, stored)
 
     def _index_file(self, relative: str, info: dict[str, Any]) -> tuple[pa.Table | None, pa.Schema]:
         """The narrow columns of one episodes file (None when it has no run columns), and its schema."""
@@ -363,9 +376,9 @@ class VersionRoot:
         if missing.size:
             start = int(missing[0]) + 1
             logger.info("%s: stats.json lacks episodes %d and on; aggregating them onto it", self.uri, start)
-            return aggregate_stats([found, *self.episode_stats(committed, start)])
+            return _summed(found, self.episode_stats(committed, start))
         logger.warning("%s: stats.json does not match the committed episodes; aggregating all", self.uri)
-        return aggregate_stats(self.episode_stats(committed, 0))
+        return _summed(None, self.episode_stats(committed, 0))
 
     def remove_unreferenced(self, committed: Committed, files: set[str]) -> None:
         """Removes the leftovers of an append cut short: files the committed version does not reference.

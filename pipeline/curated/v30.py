@@ -302,3 +302,39 @@ def _aggregate_feature(stats_list: list[dict[str, np.ndarray]]) -> dict[str, np.
         if all(key in s for s in stats_list):
             aggregated[key] = (np.stack([s[key] for s in stats_list]) * counts).sum(axis=0) / total
     return aggregated
+
+
+# Stats are folded into the running aggregate this many episodes at a time.
+STATS_BLOCK = 256
+
+
+class StatsSum:
+    """The aggregate of a base (or nothing) and episodes added one by one, folded in blocks of
+    ``STATS_BLOCK`` (memory: one block, whatever the number of episodes).
+
+    The result is :func:`aggregate_stats` of ``[base, *episodes]`` when fewer than ``STATS_BLOCK``
+    episodes are added (an append), and a fixed fold of it otherwise: the same episodes in the same
+    order give the same bits.
+    """
+
+    def __init__(self, base: Stats | None = None) -> None:
+        self._total = base
+        self._pending: list[Stats] = []
+
+    def add(self, stats: Stats) -> None:
+        """Adds one episode's stats."""
+        self._pending.append(stats)
+        if len(self._pending) >= STATS_BLOCK:
+            self._fold()
+
+    def _fold(self) -> None:
+        parts = self._pending if self._total is None else [self._total, *self._pending]
+        self._total, self._pending = aggregate_stats(parts), []
+
+    def result(self) -> Stats:
+        """The aggregate so far (the base itself when nothing was added)."""
+        if self._pending:
+            self._fold()
+        if self._total is None:
+            raise ValueError("no stats were added")
+        return self._total
