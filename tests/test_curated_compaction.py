@@ -17,12 +17,13 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from bench.publish_depth import KINDS, base_dataset, replicate_dataset
 from devkit import synth
 from devkit.fake_labels import commit_scores, job_for, lengths_of
-from pipeline.curated.builder import COMPACT_FANOUT, COMPACT_LEVELS, plan_compaction
+from pipeline.curated.builder import COMPACT_FANOUT, COMPACT_LEVELS, plan_compaction, write_curated_dataset
 from pipeline.curated.pointer import resolve_curated
 from pipeline.curated.store import Run
 from pipeline.layout import CURATED_DIR, PROGRESS_FILE, RECORD_FILE
 from pipeline.publish import publish_dataset
-from tests.conftest import PROJECT_ROOT
+from pipeline.storage import upload_dataset
+from tests.conftest import BUCKET, PROJECT_ROOT
 from tests.publish_support import KILLED, Files, config
 
 pytestmark = pytest.mark.slow
@@ -292,3 +293,35 @@ def test_a_version_from_before_runs_is_rewritten_once(small: Path, tmp_path: Pat
     assert _night(small, output, range(FIRST + 2, FIRST + 3)).curated_mode == "appended"
     dataset = LeRobotDataset("t/curated", root=resolve_curated(str(curated)), video_backend="pyav")
     assert dataset.meta.total_episodes == FIRST + 3
+
+
+def test_compaction_on_s3_keeps_files_by_copies_inside_the_store(
+    small: Path, s3, s3_options: dict, tmp_path: Path
+) -> None:
+    """On an object store the kept files of a compaction are copied by the store (CopyObject), not sent
+    by the publisher; the version opens in LeRobot after a pull."""
+    source = upload_dataset(small, s3, f"s3://{BUCKET}/compaction/source/fleet/arm")
+    dest = f"s3://{BUCKET}/compaction/out/fleet/arm/curated"
+    options = {"source_options": s3_options, "dest_options": s3_options, "compact_fanout": 2}
+    modes = []
+    for night in range(6):
+        chosen = list(range(FIRST + night))
+        summary = write_curated_dataset(source, chosen, dest, **options)
+        modes.append(summary.mode)
+        if summary.mode == "compacted":
+            # Only the newest runs' files were sent; the base's were copied inside the store.
+            assert summary.bytes_carried > 0 and summary.rewritten >= 1
+    # fanout 2: the 2nd appended run packs with the 1st; the 4th cascades into one run of level 2.
+    assert modes == ["rebuilt", "appended", "compacted", "appended", "compacted", "appended"]
+    assert summary.episodes == FIRST + 5
+    local = tmp_path / "curated"
+    s3.get(resolve_curated(dest, s3_options) + "/", str(local), recursive=True)
+    dataset = LeRobotDataset("t/curated", root=local, video_backend="pyav")
+    assert dataset.meta.total_episodes == FIRST + 5 and len(dataset) == sum(SMALL[: FIRST + 5])
+    camera = synth.DEFAULT_CAMERAS[1]
+    for episode in range(FIRST + 5):
+        last = dataset[sum(SMALL[: episode + 1]) - 1]
+        pixels = (last[camera].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+        assert synth.frame_code(pixels) == (1, episode, SMALL[episode] - 1)
+    # Five nights, three runs behind the pointer (base, level 2, the last night's), one file each kind.
+    assert len(list(local.rglob("*.mp4"))) == 3 * len(synth.DEFAULT_CAMERAS)
