@@ -100,7 +100,7 @@ class PrefixesConfig:
     ``max_spacing_s`` is the reward's time resolution: an episode gets more than ``num`` prefixes where
     ``num`` evenly spaced ones would leave consecutive prefix ends more than this many seconds apart
     (the fewest that do not, capped by its 2-frame blocks), so a 10-minute episode has 121 progress
-    points at most 5 s apart instead of 15 points 43 s apart on average (57 s at most). Hashed like every
+    points at most 5 s apart instead of 15 points 42 s apart on average (57 s at most). Hashed like every
     prefixes key (see :class:`FramesConfig`).
 
     Attributes:
