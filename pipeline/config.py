@@ -70,8 +70,8 @@ class FramesConfig:
     Attributes:
         fps: Sampling rate over the raw episode, in Hz (real timestamps kept).
         max_frames: Even cap on sampled frames per episode; the rate drops for long episodes.
-        min_fps: Floor on that drop, in Hz: long episodes get more frames; null = no floor (the rate
-            keeps dropping, ``max_frames`` frames whatever the length).
+        min_fps: Floor on that drop, in Hz (at most ``fps``: a higher floor counts as ``fps``): long
+            episodes get more frames; null = no floor (``max_frames`` frames whatever the length).
         max_frames_long: Even cap on frames the floor may add (768: the most Qwen3-VL's video processor
             samples from one video); beyond ``max_frames_long / min_fps`` seconds the rate drops again.
         height: Pinned frame height, a multiple of the model's patch*merge (32 for Qwen3-VL).
@@ -372,11 +372,7 @@ def _validate(cfg: RelabelConfig) -> None:
         ),
         ("frames.height", cfg.frames.height > 0, "must be > 0"),
         ("frames.width", cfg.frames.width > 0, "must be > 0"),
-        (
-            "frames.min_fps",
-            cfg.frames.min_fps is None or 0 < cfg.frames.min_fps <= cfg.frames.fps,
-            f"must be null or > 0 and <= frames.fps ({cfg.frames.fps})",
-        ),
+        ("frames.min_fps", cfg.frames.min_fps is None or cfg.frames.min_fps > 0, "must be null or > 0"),
         (
             "frames.max_frames_long",
             cfg.frames.max_frames_long >= 2 and cfg.frames.max_frames_long % 2 == 0,

@@ -124,3 +124,9 @@ def test_config_schedule_reads_the_settings():
     schedule = config_schedule(18001, 30.0, frames, PrefixesConfig(num=15, max_spacing_s=5.0))
     assert len(schedule.raw_indices) == 482 and len(schedule.prefix_ends) == 121
     np.testing.assert_allclose(schedule.prefix_end_times, schedule.timestamps[schedule.prefix_ends - 1])
+
+
+def test_a_floor_at_or_above_fps_samples_at_fps_up_to_the_long_cap():
+    for num_raw in (301, 3001, 18001):
+        floored = sample_frame_indices(num_raw, 30.0, 0.5, 16, min_fps=0.8, max_frames_long=768)
+        assert np.array_equal(floored, sample_frame_indices(num_raw, 30.0, 0.5, 768))

@@ -66,8 +66,9 @@ def sample_frame_indices(
 
     The count is even, at least 2, at most ``max_frames`` and at most the raw length (rounded down to
     even); long episodes get a lower effective rate rather than more frames. With ``min_fps`` the rate
-    never drops below ``min_fps`` (frames counted from the first to the last, ``(n - 1) / duration``)
-    while that takes at most ``max_frames_long`` frames; beyond, the episode gets ``max_frames_long``.
+    never drops below ``min(min_fps, fps)`` (frames counted from the first to the last,
+    ``(n - 1) / duration``) while that takes at most ``max_frames_long`` frames; beyond, the episode
+    gets ``max_frames_long``.
     An episode that ``max_frames`` leaves at ``min_fps`` or above is sampled exactly as without it.
 
     Args:
@@ -92,8 +93,10 @@ def sample_frame_indices(
     wanted = round(duration * fps) + 1
     count = int(np.clip(_even_at_least(wanted), TEMPORAL_BLOCK, ceiling))
     if min_fps is not None:
-        # round() first: 600 s at 0.8 Hz is 480 frame gaps, not 480.00000000000006 (one more frame).
-        floor = _even_at_least(math.ceil(round(duration * min_fps, 9)) + 1)
+        if min_fps >= fps:  # the floor is the rate itself: fps up to max_frames_long
+            floor = _even_at_least(wanted)
+        else:  # round() first: 600 s at 0.8 Hz is 480 gaps, not 480.00000000000006 (one frame more)
+            floor = _even_at_least(math.ceil(round(duration * min_fps, 9)) + 1)
         long_cap = max(max_frames_long if max_frames_long is not None else max_frames, max_frames)
         count = max(count, min(floor, long_cap - long_cap % TEMPORAL_BLOCK, usable))
     # Round half up (not numpy's half-to-even) so indices never collide when the step is near 1.
