@@ -242,7 +242,9 @@ def _dataset_roots(
     names the reason).
     """
     base = path.rstrip("/")
-    fs.invalidate_cache(base)  # a long-lived driver must see datasets uploaded since its last listing
+    # A long-lived driver must see what changed since its last listing. The whole listing cache goes:
+    # invalidating a path keeps its sub-folders' cached entries, whose old ETags then fail the reads.
+    fs.invalidate_cache()
     try:
         files = list_files(fs, base)
     except Exception as err:  # any listing failure is reported on the row, not raised

@@ -274,7 +274,7 @@ def list_states(output_uri: str, config_hash: str, storage_options: dict[str, An
     """
     fs, folder = filesystem_for(OutputLayout(output_uri).states(config_hash), storage_options)
     folder = folder.rstrip("/")
-    fs.invalidate_cache(folder)
+    fs.invalidate_cache()  # all of it: invalidating a path keeps its sub-folders' cached entries
     states: dict[str, dict] = {}
     for relative, info in list_files(fs, folder).items():
         *dataset, name = relative.split("/")
