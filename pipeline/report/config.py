@@ -38,9 +38,12 @@ SCORING_KEYS = (
     "model.path",
     "frames.fps",
     "frames.max_frames",
+    "frames.min_fps",
+    "frames.max_frames_long",
     "frames.height",
     "frames.width",
     "prefixes.num",
+    "prefixes.max_spacing_s",
 )
 
 
