@@ -6,17 +6,21 @@ seconds), fake committed labels (``devkit.fake_labels``: every episode selected)
 body, :func:`pipeline.publish.publish_dataset`, run in a fresh subprocess per case so that its wall time
 and peak memory are the publishing process's own. Prints side by side:
 
-(a) for each E: the first publish of E episodes and the publish of one more (+1), wall time and peak
-    RSS of the process (and RSS after its imports, and how long importing ``pipeline.publish`` took);
+(a) for each E: the first publish of E episodes and the publish of one more (+1; the fastest of
+    ``--repeats`` from the same first publish), wall time (and the part in ``write_curated_dataset``) and
+    peak RSS of the process during the publish (and RSS after its imports and when the publish starts,
+    and how long importing ``pipeline.publish`` took);
     the growth exponent x of the first publish (time ~ E^x between the smallest and largest E) and the
     +1 ratio between the largest and smallest E;
 (b) the compaction simulation: a first publish of ``--start`` episodes, then ``--nights`` nights of one
     new episode each (published in-process, ``publish.keep_superseded_s=0``: each night is a day later);
     files under ``curated/`` after night 10 and the last night, and the bytes written under
     ``curated/`` over all nights against the data added (the growth of a fresh publish of the same
-    selection), all files and the packed ones (``data/``, ``videos/``, ``meta/episodes/``).
+    selection), by kind: all files, data and videos, the episodes index, the single files (info, stats,
+    tasks, progress). Files kept by a compaction's hard links are counted apart: no byte is written.
 
     python -m bench.publish_depth [--sizes 100,1000,5000] [--nights 100] [--start 10] [--length 20]
+                                  [--repeats 3]
 """
 
 from __future__ import annotations
@@ -38,8 +42,6 @@ import av
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-
-from pipeline.curated.packers import write_one_row_group_per_episode
 
 FPS = 10
 # Recorded by lerobot once; every larger source is a stream copy of these.
@@ -79,14 +81,17 @@ def _replicate_video(base: Path, dest: Path, copies: int) -> float:
         return float(span * stream.time_base)
 
 
-def replicate_dataset(base: Path, dest: Path, episodes: int) -> Path:
-    """A v3.0 dataset of ``episodes`` episodes made of copies of ``base``'s (all in one data file and one
-    mp4 per camera, as lerobot packs them): rows and packets copied, indices and timestamps shifted.
+def replicate_dataset(base: Path, dest: Path, episodes: int, per_file: int = 0) -> Path:
+    """A v3.0 dataset of ``episodes`` episodes made of copies of ``base``'s: rows and packets copied,
+    indices and timestamps shifted, packed as lerobot packs them (one row group per episode in the data
+    files, ten episodes per row group in the episodes index).
 
     Args:
         base: A v3.0 dataset whose episodes are all in ``file-000`` of chunk 0 (as lerobot records a few).
         dest: Folder to create.
         episodes: Episodes of the new dataset.
+        per_file: Episodes per data file and per mp4 (a multiple of the base's), as lerobot's size limits
+            would roll them with real episode sizes; 0: all in one file, as tiny episodes are.
 
     Returns:
         ``dest``.
@@ -95,32 +100,44 @@ def replicate_dataset(base: Path, dest: Path, episodes: int) -> Path:
     rows = pq.read_table(base / "data" / "chunk-000" / "file-000.parquet")
     index = pq.read_table(base / "meta" / "episodes" / "chunk-000" / "file-000.parquet")
     per_copy, frames_per_copy = index.num_rows, rows.num_rows
+    length = frames_per_copy // per_copy  # the base's episodes are all this long
     copies = math.ceil(episodes / per_copy)
-    spans = {
-        key: _replicate_video(
-            base / "videos" / key / "chunk-000" / "file-000.mp4",
-            dest / "videos" / key / "chunk-000" / "file-000.mp4",
-            copies,
-        )
-        for key in CAMERAS
-    }
+    copies_per_file = per_file // per_copy if per_file else copies
+    files = math.ceil(copies / copies_per_file)
+    spans = {}
+    for file in range(files):
+        in_file = min(copies_per_file, copies - file * copies_per_file)
+        for key in CAMERAS:
+            spans[key] = _replicate_video(
+                base / "videos" / key / "chunk-000" / "file-000.mp4",
+                dest / "videos" / key / "chunk-000" / f"file-{file:03d}.mp4",
+                in_file,
+            )
     data, meta = [], []
     for copy in range(copies):
+        file, place = divmod(copy, copies_per_file)
         data.append(_shifted(rows, {"episode_index": copy * per_copy, "index": copy * frames_per_copy}))
         shifts = {
             "episode_index": copy * per_copy,
             "dataset_from_index": copy * frames_per_copy,
             "dataset_to_index": copy * frames_per_copy,
+            "data/file_index": file,
         }
         for key, span in spans.items():
-            shifts[f"videos/{key}/from_timestamp"] = copy * span
-            shifts[f"videos/{key}/to_timestamp"] = copy * span
+            shifts[f"videos/{key}/file_index"] = file
+            shifts[f"videos/{key}/from_timestamp"] = place * span
+            shifts[f"videos/{key}/to_timestamp"] = place * span
         meta.append(_shifted(index, shifts))
     table = pa.concat_tables(data)
     table = table.filter(pc.less(table["episode_index"], episodes))
     (dest / "data" / "chunk-000").mkdir(parents=True)
-    # One row group per episode, as lerobot's recorder writes data files.
-    write_one_row_group_per_episode(table, dest / "data" / "chunk-000" / "file-000.parquet")
+    episodes_per_file = copies_per_file * per_copy
+    for file in range(files):
+        # One row group per episode, as lerobot's recorder writes data files.
+        path = dest / "data" / "chunk-000" / f"file-{file:03d}.parquet"
+        with pq.ParquetWriter(path, table.schema) as writer:
+            for episode in range(file * episodes_per_file, min(episodes, (file + 1) * episodes_per_file)):
+                writer.write_table(table.slice(episode * length, length))
     episodes_table = pa.concat_tables(meta)
     episodes_table = episodes_table.filter(pc.less(episodes_table["episode_index"], episodes))
     (dest / "meta" / "episodes" / "chunk-000").mkdir(parents=True)
@@ -152,7 +169,8 @@ def _status_mb(field: str) -> float:
     """A memory figure of this process from ``/proc/self/status`` (kB there), in MB.
 
     ``VmHWM`` is the peak resident set of this process image: unlike ``getrusage``'s ``ru_maxrss``,
-    it does not carry over the parent's size from before ``exec`` (the parent here has LeRobot loaded).
+    it does not carry over the parent's size from before ``exec`` (the parent here has LeRobot loaded),
+    and it can be reset, so that the peak is the publish's own.
     """
     with open("/proc/self/status") as f:
         for line in f:
@@ -186,6 +204,10 @@ def _publish_case(spec: dict[str, Any]) -> dict[str, Any]:
             curated_s.append(time.perf_counter() - begun)
 
     publish_module.write_curated_dataset = timed
+    # The peak from here on is the publish's own: not the imports', not the fake labels' set-up.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current resident set (Linux >= 4.0)
+    before_mb = _status_mb("VmRSS")
     started = time.perf_counter()
     outcome = publish_dataset(job, cfg)
     seconds = time.perf_counter() - started
@@ -195,6 +217,7 @@ def _publish_case(spec: dict[str, Any]) -> dict[str, Any]:
         "seconds": seconds,
         "curated_s": sum(curated_s),
         "peak_mb": _status_mb("VmHWM"),
+        "before_mb": before_mb,
         "imports_mb": rss_imports,
         "import_s": imported_s,
         "mode": outcome.curated_mode,
@@ -217,15 +240,23 @@ def _run_case(root: Path, output: Path, episodes: range, extra: list[str]) -> di
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def depth(work: Path, base: Path, sizes: list[int]) -> dict[int, tuple[dict, dict]]:
-    """(a): first and +1 publish of each size, each in its own process."""
+def depth(
+    work: Path, base: Path, sizes: list[int], repeats: int, per_file: int
+) -> dict[int, tuple[dict, dict]]:
+    """(a): first and +1 publish of each size, each in its own process; the +1 publish ``repeats``
+    times from the same first publish (a copy of its output each time), the fastest kept."""
     results = {}
     for size in sizes:
-        source = replicate_dataset(base, work / f"source-{size}" / "bench" / "depth", size + 1)
+        source = replicate_dataset(base, work / f"source-{size}" / "bench" / "depth", size + 1, per_file)
         output = work / f"out-{size}"
         first = _run_case(source, output, range(size), [])
-        more = _run_case(source, output, range(size, size + 1), [])
-        results[size] = (first, more)
+        runs = []
+        for repeat in range(repeats):
+            again = work / f"out-{size}-{repeat}"
+            shutil.copytree(output, again)
+            runs.append(_run_case(source, again, range(size, size + 1), []))
+            shutil.rmtree(again)
+        results[size] = (first, min(runs, key=lambda run: run["seconds"]))
         shutil.rmtree(work / f"source-{size}")
         shutil.rmtree(output)
     return results
@@ -352,7 +383,9 @@ def _print_depth(results: dict[int, tuple[dict, dict]]) -> None:
     sizes = sorted(results)
     print(_row("(a) publish of one dataset of E episodes", *(f"E={size:,}" for size in sizes)))
     print(_row("  first publish [s]", *(f"{results[s][0]['seconds']:.2f}" for s in sizes)))
-    print(_row("  first publish, peak RSS [MB]", *(f"{results[s][0]['peak_mb']:.0f}" for s in sizes)))
+    print(
+        _row("  first publish, peak RSS during it [MB]", *(f"{results[s][0]['peak_mb']:.0f}" for s in sizes))
+    )
     print(
         _row("    of which write_curated_dataset [s]", *(f"{results[s][0]['curated_s']:.2f}" for s in sizes))
     )
@@ -360,9 +393,17 @@ def _print_depth(results: dict[int, tuple[dict, dict]]) -> None:
     print(
         _row("    of which write_curated_dataset [s]", *(f"{results[s][1]['curated_s']:.3f}" for s in sizes))
     )
-    print(_row("  +1 episode publish, peak RSS [MB]", *(f"{results[s][1]['peak_mb']:.0f}" for s in sizes)))
+    print(
+        _row(
+            "  +1 episode publish, peak RSS during it [MB]",
+            *(f"{results[s][1]['peak_mb']:.0f}" for s in sizes),
+        )
+    )
     print(_row("  +1 mode", *(results[s][1]["mode"] for s in sizes)))
     print(_row("  RSS after imports [MB]", *(f"{results[s][1]['imports_mb']:.0f}" for s in sizes)))
+    print(
+        _row("  RSS when the +1 publish starts [MB]", *(f"{results[s][1]['before_mb']:.0f}" for s in sizes))
+    )
     print(_row("  import pipeline.publish [s]", *(f"{results[s][1]['import_s']:.2f}" for s in sizes)))
     heavy = sorted({m for s in sizes for case in results[s] for m in case["heavy"]})
     print(f"  heavy modules loaded by the publishing process: {heavy or 'none'}")
@@ -415,6 +456,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nights", type=int, default=100, help="nights of +1 episode for (b); 0 skips it")
     parser.add_argument("--start", type=int, default=10, help="episodes of the first publish in (b)")
     parser.add_argument("--length", type=int, default=20, help="frames per episode")
+    parser.add_argument("--repeats", type=int, default=3, help="+1 publishes per size in (a), fastest kept")
+    parser.add_argument(
+        "--episodes-per-file",
+        type=int,
+        default=0,
+        help="source episodes per data file and mp4 in (a), a multiple of 10 (0: one file, as 20-frame "
+        "episodes pack; 100: as lerobot's 100 MB / 200 MB files hold ~1 MB / 2 MB episodes)",
+    )
     parser.add_argument("--case", help=argparse.SUPPRESS)  # one publish, run by (a) in a subprocess
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -426,11 +475,13 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-depth-"))
     try:
         base = base_dataset(work / "base" / "bench" / "base", args.length)
-        results = depth(work, base, sizes) if sizes else {}
+        results = depth(work, base, sizes, args.repeats, args.episodes_per_file) if sizes else {}
         simulated = nights(work, base, args.start, args.nights) if args.nights else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\nbench.publish_depth: {args.length} frames/episode, {len(CAMERAS)} cameras, local disk\n")
+    layout = f"{args.episodes_per_file} episodes" if args.episodes_per_file else "all episodes"
+    print(f"\nbench.publish_depth: {args.length} frames/episode, {len(CAMERAS)} cameras, local disk,")
+    print(f"source files in (a): {layout} per data file and mp4\n")
     if results:
         _print_depth(results)
         print()

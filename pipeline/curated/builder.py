@@ -351,9 +351,10 @@ def _copy_episodes(
     video_bytes, lengths, firsts = 0, [], []
     first_counted = len(copy) - counted
     with ExitStack() as closing:
-        # Open mp4s are finished even if an episode fails.
+        # Open mp4s and the open data file are finished even if an episode fails.
         for packer in videos.values():
             closing.callback(packer.close)
+        closing.callback(data.abandon)
         closing.push(upload.note_exit)  # runs first on the way out
         for offset, ((_, fingerprint), episode) in enumerate(zip(copy, source.episodes(), strict=True)):
             episode_stats, episode_bytes = copier.copy(episode, fingerprint, run.start + offset, first_index)

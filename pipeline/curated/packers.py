@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import av
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -30,17 +29,6 @@ _ROWS_PER_BATCH = 64
 def next_index(index: FileIndex | None, chunks_size: int) -> FileIndex:
     """The file index after ``index`` (``(0, 0)`` for none): fresh files never reuse a published name."""
     return (0, 0) if index is None else next_file_index(index, chunks_size)
-
-
-def write_one_row_group_per_episode(table: pa.Table, path: Path) -> None:
-    """Writes a data file with one row group per episode, in episode order, as LeRobot's recorder does
-    (``write_table_one_row_group_per_episode``): ``read_row_group(i)`` fetches one episode."""
-    episodes = table.column("episode_index").to_numpy(zero_copy_only=False)
-    starts = np.concatenate(([0], np.nonzero(np.diff(episodes))[0] + 1))
-    stops = np.append(starts[1:], len(episodes))
-    with pq.ParquetWriter(str(path), table.schema, compression="snappy", use_dictionary=True) as writer:
-        for start, stop in zip(starts, stops, strict=True):
-            writer.write_table(table.slice(start, stop - start))
 
 
 class RollingFiles:
@@ -73,34 +61,45 @@ class RollingFiles:
 
 
 class DataPacker:
-    """Appends episodes' rows to new packed data parquet files; hands each finished file to ``on_close``."""
+    """Writes episodes' rows into new packed data parquet files, one row group per episode as LeRobot's
+    recorder does, each file streamed to local disk as episodes come (memory: one episode) and handed to
+    ``on_close`` when it is finished."""
 
     def __init__(
         self, root: Path, layout: Layout, start: FileIndex, on_close: Callable[[Path], None]
     ) -> None:
         self._root, self._layout, self._on_close = root, layout, on_close
         self._files = RollingFiles(layout.data_bytes, layout.chunks_size, start)
-        self._tables: list[pa.Table] = []
+        self._writer: pq.ParquetWriter | None = None
         self._path: Path | None = None
 
     def append(self, rows: pa.Table) -> dict[str, int]:
-        """Queues one episode's rows; returns its ``data/chunk_index`` and ``data/file_index``."""
+        """Writes one episode's rows; returns its ``data/chunk_index`` and ``data/file_index``."""
         # Arrow's in-memory size stands in for the uncompressed parquet size lerobot's writer compares.
         if self._files.reserve(rows.nbytes):
             self.close()
             self._path = self._root / self._layout.data_file(
                 (self._files.chunk_index, self._files.file_index)
             )
-        self._tables.append(rows)
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(
+                str(self._path), rows.schema, compression="snappy", use_dictionary=True
+            )
+        self._writer.write_table(rows)  # one episode, one row group
         return {"data/chunk_index": self._files.chunk_index, "data/file_index": self._files.file_index}
 
     def close(self) -> None:
-        """Writes the queued rows of the current file (one row group per episode, as lerobot does)."""
-        if self._tables:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            write_one_row_group_per_episode(pa.concat_tables(self._tables), self._path)
-            self._tables = []
+        """Finishes the current file, if any."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
             self._on_close(self._path)
+
+    def abandon(self) -> None:
+        """Closes the current file without handing it on (an episode failed)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 class SchemaMismatch(ValueError):
