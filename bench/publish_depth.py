@@ -185,6 +185,7 @@ def _publish_case(spec: dict[str, Any]) -> dict[str, Any]:
     from devkit.fake_labels import commit_scores, job_for, lengths_of
     from pipeline import publish as publish_module
     from pipeline.config import load_config
+    from pipeline.curated import source as source_module
     from pipeline.publish import publish_dataset
 
     imported_s = time.perf_counter() - started
@@ -204,6 +205,18 @@ def _publish_case(spec: dict[str, Any]) -> dict[str, Any]:
             curated_s.append(time.perf_counter() - begun)
 
     publish_module.write_curated_dataset = timed
+    # The shared reader's part of it (pipeline.reader: the source's whole episodes index, not curation's).
+    reader_s = []
+    read_dataset = source_module.read_dataset
+
+    def timed_reader(*args: Any, **kwargs: Any) -> Any:
+        begun = time.perf_counter()
+        try:
+            return read_dataset(*args, **kwargs)
+        finally:
+            reader_s.append(time.perf_counter() - begun)
+
+    source_module.read_dataset = timed_reader
     # The peak from here on is the publish's own: not the imports', not the fake labels' set-up.
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current resident set (Linux >= 4.0)
@@ -216,6 +229,7 @@ def _publish_case(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         "seconds": seconds,
         "curated_s": sum(curated_s),
+        "reader_s": sum(reader_s),
         "peak_mb": _status_mb("VmHWM"),
         "before_mb": before_mb,
         "imports_mb": rss_imports,
@@ -379,32 +393,27 @@ def _row(label: str, *cells: str) -> str:
     return f"{label:<46}" + "".join(f"{cell:>16}" for cell in cells)
 
 
+# (a)'s lines: label, which case (0: first publish, 1: +1), the figure, its format.
+DEPTH_ROWS = (
+    ("  first publish [s]", 0, "seconds", ".2f"),
+    ("    of which write_curated_dataset [s]", 0, "curated_s", ".2f"),
+    ("  first publish, peak RSS during it [MB]", 0, "peak_mb", ".0f"),
+    ("  +1 episode publish [s]", 1, "seconds", ".3f"),
+    ("    of which write_curated_dataset [s]", 1, "curated_s", ".3f"),
+    ("      of which pipeline.reader [s]", 1, "reader_s", ".3f"),
+    ("  +1 episode publish, peak RSS during it [MB]", 1, "peak_mb", ".0f"),
+    ("  +1 mode", 1, "mode", "s"),
+    ("  RSS after imports [MB]", 1, "imports_mb", ".0f"),
+    ("  RSS when the +1 publish starts [MB]", 1, "before_mb", ".0f"),
+    ("  import pipeline.publish [s]", 1, "import_s", ".2f"),
+)
+
+
 def _print_depth(results: dict[int, tuple[dict, dict]]) -> None:
     sizes = sorted(results)
     print(_row("(a) publish of one dataset of E episodes", *(f"E={size:,}" for size in sizes)))
-    print(_row("  first publish [s]", *(f"{results[s][0]['seconds']:.2f}" for s in sizes)))
-    print(
-        _row("  first publish, peak RSS during it [MB]", *(f"{results[s][0]['peak_mb']:.0f}" for s in sizes))
-    )
-    print(
-        _row("    of which write_curated_dataset [s]", *(f"{results[s][0]['curated_s']:.2f}" for s in sizes))
-    )
-    print(_row("  +1 episode publish [s]", *(f"{results[s][1]['seconds']:.2f}" for s in sizes)))
-    print(
-        _row("    of which write_curated_dataset [s]", *(f"{results[s][1]['curated_s']:.3f}" for s in sizes))
-    )
-    print(
-        _row(
-            "  +1 episode publish, peak RSS during it [MB]",
-            *(f"{results[s][1]['peak_mb']:.0f}" for s in sizes),
-        )
-    )
-    print(_row("  +1 mode", *(results[s][1]["mode"] for s in sizes)))
-    print(_row("  RSS after imports [MB]", *(f"{results[s][1]['imports_mb']:.0f}" for s in sizes)))
-    print(
-        _row("  RSS when the +1 publish starts [MB]", *(f"{results[s][1]['before_mb']:.0f}" for s in sizes))
-    )
-    print(_row("  import pipeline.publish [s]", *(f"{results[s][1]['import_s']:.2f}" for s in sizes)))
+    for label, case, key, spec in DEPTH_ROWS:
+        print(_row(label, *(format(results[size][case][key], spec) for size in sizes)))
     heavy = sorted({m for s in sizes for case in results[s] for m in case["heavy"]})
     print(f"  heavy modules loaded by the publishing process: {heavy or 'none'}")
     if len(sizes) > 1:
@@ -416,6 +425,11 @@ def _print_depth(results: dict[int, tuple[dict, dict]]) -> None:
         print(f"  first publish grows as E^{exponent:.2f} (E={low:,} -> {high:,}; target <= 1.05)")
         print(f"  +1 publish E={high:,} / E={low:,}: {ratio:.2f}x time (target <= 2), {memory:.2f}x peak RSS")
         print(f"  +1 write_curated_dataset E={high:,} / E={low:,}: {curated:.2f}x time")
+        own = [results[size][1]["curated_s"] - results[size][1]["reader_s"] for size in (high, low)]
+        print(
+            f"  +1 write_curated_dataset less pipeline.reader E={high:,} / E={low:,}: "
+            f"{own[0] / own[1]:.2f}x time"
+        )
 
 
 def _print_nights(result: dict[str, Any], start: int, count: int) -> None:
