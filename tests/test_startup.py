@@ -15,7 +15,6 @@ import sys
 import time
 
 import psutil
-import pytest
 
 from tests.conftest import PROJECT_ROOT
 
