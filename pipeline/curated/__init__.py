@@ -5,9 +5,12 @@ Modules, in data-flow order; import from them directly (this file imports nothin
 :mod:`pipeline.curated.pointer` load neither PyAV, LeRobot, torch nor Ray):
 
 * :mod:`~pipeline.curated.pointer`: the pointer ``curated/current.json``: what readers resolve (light).
+* :mod:`~pipeline.curated.v30`: LeRobot's v3.0 format (paths, ``info.json``, tasks, stats) without
+  LeRobot, so that publishing imports neither torch nor transformers.
 * :mod:`~pipeline.curated.source`: the read side: the source's metadata, data rows and video packets.
-* :mod:`~pipeline.curated.packers`: packed data parquet and mp4 files with rolling file indices.
-* :mod:`~pipeline.curated.store`: the versioned store: one version's files, the pointer, cleanup.
+* :mod:`~pipeline.curated.packers`: packed data, mp4 and episodes files with rolling file indices.
+* :mod:`~pipeline.curated.store`: the versioned store: one version's files, runs and running stats, the
+  pointer, cleanup.
 * :mod:`~pipeline.curated.builder`: :func:`~pipeline.curated.builder.write_curated_dataset`: append to
-  the current version or write a new one.
+  the current version, compact its newest runs into a new version, or write a new one.
 """
