@@ -295,14 +295,22 @@ def test_a_version_from_before_runs_is_rewritten_once(small: Path, tmp_path: Pat
     assert dataset.meta.total_episodes == FIRST + 3
 
 
-def test_compaction_on_s3_keeps_files_by_copies_inside_the_store(
-    small: Path, s3, s3_options: dict, tmp_path: Path
+@pytest.mark.parametrize("store", ["s3", "gcs"])
+def test_compaction_on_object_stores_keeps_files_by_copies_inside_the_store(
+    store: str, small: Path, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    """On an object store the kept files of a compaction are copied by the store (CopyObject), not sent
-    by the publisher; the version opens in LeRobot after a pull."""
-    source = upload_dataset(small, s3, f"s3://{BUCKET}/compaction/source/fleet/arm")
-    dest = f"s3://{BUCKET}/compaction/out/fleet/arm/curated"
-    options = {"source_options": s3_options, "dest_options": s3_options, "compact_fanout": 2}
+    """On an object store the kept files of a compaction are copied by the store (S3 CopyObject, GCS
+    rewrite), not sent by the publisher; the version opens in LeRobot after a pull."""
+    if store == "s3":
+        store_options, fs = request.getfixturevalue("s3_options"), request.getfixturevalue("s3")
+    else:
+        import gcsfs
+
+        store_options = request.getfixturevalue("gcs_options")
+        fs = gcsfs.GCSFileSystem(**store_options, use_listings_cache=False)
+    source = upload_dataset(small, fs, f"{store}://{BUCKET}/compaction/source/fleet/arm")
+    dest = f"{store}://{BUCKET}/compaction/out/fleet/arm/curated"
+    options = {"source_options": store_options, "dest_options": store_options, "compact_fanout": 2}
     modes = []
     for night in range(6):
         chosen = list(range(FIRST + night))
@@ -315,7 +323,7 @@ def test_compaction_on_s3_keeps_files_by_copies_inside_the_store(
     assert modes == ["rebuilt", "appended", "compacted", "appended", "compacted", "appended"]
     assert summary.episodes == FIRST + 5
     local = tmp_path / "curated"
-    s3.get(resolve_curated(dest, s3_options) + "/", str(local), recursive=True)
+    fs.get(resolve_curated(dest, store_options) + "/", str(local), recursive=True)
     dataset = LeRobotDataset("t/curated", root=local, video_backend="pyav")
     assert dataset.meta.total_episodes == FIRST + 5 and len(dataset) == sum(SMALL[: FIRST + 5])
     camera = synth.DEFAULT_CAMERAS[1]
