@@ -290,6 +290,10 @@ class PublishConfig:
         max_parallel: Datasets published at once; 0 = as many as the cluster fits.
         temp_dir: Worker-local folder for files being written; null = the system's.
         keep_superseded_s: Seconds a superseded curated version stays for readers still using it.
+        curated_compact_fanout: Appended runs of one level packed into one run of the next when this many
+            have gathered (a new curated version); bounds the curated set's file count. Below 2: never.
+        curated_compact_levels: Levels of packing: each episode's bytes are written at most 1 + this
+            many times.
     """
 
     num_cpus: float = 1.0
@@ -298,6 +302,8 @@ class PublishConfig:
     # Readers resolve the curated pointer once and may read the version it named for hours (training):
     # a version the pointer stopped naming is removed by the first publish at least this much later.
     keep_superseded_s: float = 86400.0
+    curated_compact_fanout: int = 8
+    curated_compact_levels: int = 2
 
 
 @dataclass(frozen=True)
@@ -468,6 +474,7 @@ def _validate(cfg: RelabelConfig) -> None:
         ),
         ("publish.max_parallel", cfg.publish.max_parallel >= 0, "must be >= 0 (0 = as many as fit)"),
         ("publish.keep_superseded_s", cfg.publish.keep_superseded_s >= 0, "must be >= 0 (0 = next publish)"),
+        ("publish.curated_compact_levels", cfg.publish.curated_compact_levels >= 0, "must be >= 0"),
     ]
     for key, ok, requirement in checks:
         if not ok:

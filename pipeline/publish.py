@@ -96,7 +96,8 @@ class PublishOutcome:
         curated_episodes: Episodes in the curated dataset.
         threshold: The success threshold the selection was made at.
         curation_enabled: Whether a curated dataset is made at all.
-        curated_mode: ``appended``, ``rebuilt``, ``unchanged`` or ``removed`` (empty if not published).
+        curated_mode: ``appended``, ``compacted``, ``rebuilt``, ``unchanged`` or ``removed`` (empty if
+            not published).
         curated_added: Episodes copied into the curated dataset by this publish.
         bytes_written: Bytes of every file written by this publish.
         video_bytes_written: Bytes of curated mp4 files written by this publish.
@@ -249,6 +250,8 @@ def _publish(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
         fingerprints=dict(zip(episodes, selected.column("fingerprint").to_pylist(), strict=True)),
         temp_dir=cfg.publish.temp_dir,
         keep_superseded_s=cfg.publish.keep_superseded_s,
+        compact_fanout=cfg.publish.curated_compact_fanout,
+        compact_levels=cfg.publish.curated_compact_levels,
     )
     # The curated set first, then the two tables that describe it, then the record: a reader sees the
     # new selection in episodes.parquet only once the curated set holds it.

@@ -81,9 +81,9 @@ logger = logging.getLogger(__name__)
 # The columns whose values change when episodes are dropped; their per-episode stats are recomputed.
 _REINDEXED = ("episode_index", "index", "task_index")
 
-# Compaction (publish.curated_compact_fanout / publish.curated_compact_levels, to be wired into the
-# config): this many runs of one level at the end of the current version are packed into one run of the
-# next level, by a new version that keeps every other file. A run of the top level is never packed again,
+# Compaction (defaults of publish.curated_compact_fanout / publish.curated_compact_levels): this
+# many runs of one level at the end of the current version are packed into one run of the next level,
+# by a new version that keeps every other file. A run of the top level is never packed again,
 # so each episode's bytes are written at most 1 + COMPACT_LEVELS times, while the runs behind the pointer
 # stay at most COMPACT_FANOUT - 1 per level below the top (plus one top-level run per
 # COMPACT_FANOUT ** COMPACT_LEVELS publishes that append).
