@@ -43,6 +43,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from devkit.files import file_states, written_files
+
 FPS = 10
 # Recorded by lerobot once; every larger source is a stream copy of these.
 BASE_EPISODES = 10
@@ -279,21 +281,6 @@ def depth(
 # Many nights ---------------------------------------------------------------------------------------
 
 
-def _tree(folder: Path) -> dict[str, tuple[int, int, int, int]]:
-    """Relative path -> (size, mtime, inode, links) of every file under ``folder``."""
-    found = {}
-    for path in folder.rglob("*"):
-        if path.is_file():
-            stat = path.stat()
-            found[path.relative_to(folder).as_posix()] = (
-                stat.st_size,
-                stat.st_mtime_ns,
-                stat.st_ino,
-                stat.st_nlink,
-            )
-    return found
-
-
 # What the bytes written under curated/ are, by kind of file.
 KINDS = ("data and videos", "episodes index", "single files")
 
@@ -347,21 +334,19 @@ def nights(work: Path, base: Path, start: int, count: int) -> dict[str, Any]:
     written = dict.fromkeys((*KINDS, "all", "linked"), 0)
     files, modes, seconds = {}, {}, []
     for number in range(1, count + 1):
-        before = _tree(curated)
-        inodes = {inode for _, _, inode, _ in before.values()}
+        before = file_states(curated)
         started = time.perf_counter()
         outcome = night(range(start + number - 1, start + number))
         seconds.append(time.perf_counter() - started)
         modes[outcome.curated_mode] = modes.get(outcome.curated_mode, 0) + 1
-        for relative, (size, mtime, inode, links) in _tree(curated).items():
-            if before.get(relative, (None,) * 3)[:3] == (size, mtime, inode):
-                continue
-            if inode in inodes and links > 1:  # a new name for stored bytes (a hard link): nothing written
+        after = file_states(curated)
+        for relative, (size, linked) in written_files(before, after).items():
+            if linked:  # a new name for stored bytes (a hard link): nothing written
                 written["linked"] += size
                 continue
             written["all"] += size
             written[_kind(relative)] += size
-        files[number] = len(_tree(curated))
+        files[number] = len(after)
     final = _version_bytes(curated)
     # The data added: how much a fresh publish of the final selection outgrows one of the first.
     fresh = work / "nights-fresh"

@@ -17,6 +17,7 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from bench.publish_depth import KINDS, base_dataset, replicate_dataset
 from devkit import synth
 from devkit.fake_labels import commit_scores, job_for, lengths_of
+from devkit.files import file_states, written_files
 from pipeline.curated.builder import COMPACT_FANOUT, COMPACT_LEVELS, plan_compaction, write_curated_dataset
 from pipeline.curated.pointer import resolve_curated
 from pipeline.curated.store import Run
@@ -51,20 +52,6 @@ def _night(source: Path, output: Path, episodes: range, *extra: str):
     )
     assert outcome.status == "published", outcome.error
     return outcome
-
-
-def _tree(folder: Path) -> dict[str, tuple[int, int, int, int]]:
-    found = {}
-    for path in folder.rglob("*"):
-        if path.is_file():
-            stat = path.stat()
-            found[path.relative_to(folder).as_posix()] = (
-                stat.st_size,
-                stat.st_mtime_ns,
-                stat.st_ino,
-                stat.st_nlink,
-            )
-    return found
 
 
 def _kind(relative: str) -> str:
@@ -122,17 +109,14 @@ def test_a_hundred_nights_stay_bounded_in_files_and_bytes_and_open_in_lerobot(
     written = dict.fromkeys(KINDS, 0)
     files, modes = {}, []
     for night in range(1, NIGHTS + 1):
-        before = _tree(curated)
-        inodes = {inode for _, _, inode, _ in before.values()}
+        before = file_states(curated)
         outcome = _night(source, output, range(START + night - 1, START + night))
         modes.append(outcome.curated_mode)
-        for relative, (size, mtime, inode, links) in _tree(curated).items():
-            if before.get(relative, (None,) * 3)[:3] == (size, mtime, inode):
-                continue
-            if inode in inodes and links > 1:  # kept by a hard link: no byte written
-                continue
-            written[_kind(relative)] += size
-        files[night] = len(_tree(curated))
+        after = file_states(curated)
+        for relative, (size, linked) in written_files(before, after).items():
+            if not linked:  # a file kept by a hard link: no byte written
+                written[_kind(relative)] += size
+        files[night] = len(after)
         # The current version and, after a compaction, the superseded one (removed by the next night).
         current = RUN_FILES * _runs_after(night) + SINGLE_FILES
         previous = RUN_FILES * _runs_after(night - 1) + SINGLE_FILES
@@ -155,7 +139,7 @@ def test_a_hundred_nights_stay_bounded_in_files_and_bytes_and_open_in_lerobot(
     assert written[KINDS[0]] <= (1 + COMPACT_LEVELS) * added[KINDS[0]], (written, added)
     # The episodes index and the single files are a per-night cost of LeRobot's format (one small
     # episodes file, info/stats/tasks/progress), not data: bounded per night, not by the data added.
-    one_night_index = max(size for rel, (size, *_) in _tree(curated).items() if "meta/episodes/" in rel)
+    one_night_index = max(size for rel, (size, *_) in file_states(curated).items() if "meta/episodes/" in rel)
     assert written[KINDS[1]] <= (1 + COMPACT_LEVELS) * NIGHTS * one_night_index
 
     # The result is a LeRobot dataset of every episode in order, its frames the source's.
