@@ -285,7 +285,7 @@ def depth(
 KINDS = ("data and videos", "episodes index", "single files")
 
 
-def _kind(relative: str) -> str:
+def file_kind(relative: str) -> str:
     """The kind of a file under ``curated/`` (its path inside a version folder decides)."""
     inner = relative.split("/", 1)[-1]
     if inner.startswith(("data/", "videos/")):
@@ -293,7 +293,7 @@ def _kind(relative: str) -> str:
     return KINDS[1] if inner.startswith("meta/episodes/") else KINDS[2]
 
 
-def _version_bytes(curated: Path) -> dict[str, int]:
+def version_bytes(curated: Path) -> dict[str, int]:
     """Bytes of the version the pointer names, by kind and ``all``."""
     from pipeline.curated.pointer import resolve_curated
 
@@ -302,7 +302,7 @@ def _version_bytes(curated: Path) -> dict[str, int]:
     for path in root.rglob("*"):
         if path.is_file():
             size = path.stat().st_size
-            found[_kind(path.relative_to(curated).as_posix())] += size
+            found[file_kind(path.relative_to(curated).as_posix())] += size
             found["all"] += size
     return found
 
@@ -330,7 +330,7 @@ def nights(work: Path, base: Path, start: int, count: int) -> dict[str, Any]:
 
     night(range(start))
     curated = output / "bench" / "nights" / CURATED_DIR
-    initial = _version_bytes(curated)
+    initial = version_bytes(curated)
     written = dict.fromkeys((*KINDS, "all", "linked"), 0)
     files, modes, seconds = {}, {}, []
     for number in range(1, count + 1):
@@ -345,21 +345,21 @@ def nights(work: Path, base: Path, start: int, count: int) -> dict[str, Any]:
                 written["linked"] += size
                 continue
             written["all"] += size
-            written[_kind(relative)] += size
+            written[file_kind(relative)] += size
         files[number] = len(after)
-    final = _version_bytes(curated)
+    final = version_bytes(curated)
     # The data added: how much a fresh publish of the final selection outgrows one of the first.
     fresh = work / "nights-fresh"
     fresh_cfg = load_config([f"output.uri={fresh}", "model.path=fake/vlm", "success.threshold=-1"])
     commit_scores(str(source), "bench/nights", str(fresh), dict.fromkeys(range(start), 0.0), lengths, {})
     publish_dataset(job_for(str(source), "bench/nights", str(fresh), {}), fresh_cfg)
-    fresh_start = _version_bytes(fresh / "bench" / "nights" / CURATED_DIR)
+    fresh_start = version_bytes(fresh / "bench" / "nights" / CURATED_DIR)
     shutil.rmtree(fresh)
     commit_scores(
         str(source), "bench/nights", str(fresh), dict.fromkeys(range(start + count), 0.0), lengths, {}
     )
     publish_dataset(job_for(str(source), "bench/nights", str(fresh), {}), fresh_cfg)
-    fresh_end = _version_bytes(fresh / "bench" / "nights" / CURATED_DIR)
+    fresh_end = version_bytes(fresh / "bench" / "nights" / CURATED_DIR)
     return {
         "files": files,
         "written": written,

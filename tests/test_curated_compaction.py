@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-from bench.publish_depth import KINDS, base_dataset, replicate_dataset
+from bench.publish_depth import KINDS, base_dataset, file_kind, replicate_dataset, version_bytes
 from devkit import synth
 from devkit.fake_labels import commit_scores, job_for, lengths_of
 from devkit.files import file_states, written_files
@@ -54,22 +54,6 @@ def _night(source: Path, output: Path, episodes: range, *extra: str):
     return outcome
 
 
-def _kind(relative: str) -> str:
-    inner = relative.split("/", 1)[-1]
-    if inner.startswith(("data/", "videos/")):
-        return KINDS[0]
-    return KINDS[1] if inner.startswith("meta/episodes/") else KINDS[2]
-
-
-def _version_bytes(curated: Path) -> dict[str, int]:
-    root = Path(resolve_curated(str(curated)))
-    found = dict.fromkeys(KINDS, 0)
-    for path in root.rglob("*"):
-        if path.is_file():
-            found[_kind(path.relative_to(curated).as_posix())] += path.stat().st_size
-    return found
-
-
 def _runs_after(nights: int) -> int:
     """Runs behind the pointer after ``nights`` appends of one episode on a first publish: the base, and
     the nights written in base COMPACT_FANOUT with the top level unbounded."""
@@ -105,7 +89,7 @@ def test_a_hundred_nights_stay_bounded_in_files_and_bytes_and_open_in_lerobot(
     first = _night(source, output, range(START))
     assert first.curated_mode == "rebuilt"
     curated = output / "fleet" / "arm" / CURATED_DIR
-    start_bytes = _version_bytes(curated)
+    start_bytes = version_bytes(curated)
     written = dict.fromkeys(KINDS, 0)
     files, modes = {}, []
     for night in range(1, NIGHTS + 1):
@@ -115,7 +99,7 @@ def test_a_hundred_nights_stay_bounded_in_files_and_bytes_and_open_in_lerobot(
         after = file_states(curated)
         for relative, (size, linked) in written_files(before, after).items():
             if not linked:  # a file kept by a hard link: no byte written
-                written[_kind(relative)] += size
+                written[file_kind(relative)] += size
         files[night] = len(after)
         # The current version and, after a compaction, the superseded one (removed by the next night).
         current = RUN_FILES * _runs_after(night) + SINGLE_FILES
@@ -134,7 +118,7 @@ def test_a_hundred_nights_stay_bounded_in_files_and_bytes_and_open_in_lerobot(
     _night(source, fresh, range(START + NIGHTS))
     added = {
         kind: size - start_bytes[kind]
-        for kind, size in _version_bytes(fresh / "fleet" / "arm" / CURATED_DIR).items()
+        for kind, size in version_bytes(fresh / "fleet" / "arm" / CURATED_DIR).items()
     }
     assert written[KINDS[0]] <= (1 + COMPACT_LEVELS) * added[KINDS[0]], (written, added)
     # The episodes index and the single files are a per-night cost of LeRobot's format (one small
