@@ -16,6 +16,7 @@ status 1 whatever code it asked for).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -130,11 +131,13 @@ def stop_on_signals() -> Iterator[None]:
 def stop_ray() -> None:
     """``ray.shutdown()``: stops a local Ray this process started, leaves a cluster it joined running.
 
-    ``ray.shutdown()`` stops a local Ray's GCS before its autoscaler monitor, whose SIGTERM handler then
-    tries to report to the stopped GCS until Ray kills it a second later. The monitor of a local Ray
-    has nothing to scale and nothing to save, so it is killed first here and the rest stops in a
-    fraction of a second. (Ray 2.60's table of the processes ``ray.init`` started is private; if it has
-    moved, the plain shutdown runs.)
+    Two waits of a local Ray's shutdown are cut. ``ray.shutdown()`` stops the GCS before the autoscaler
+    monitor, whose SIGTERM handler then tries to report to the stopped GCS until Ray kills it a second
+    later: the monitor of a local Ray has nothing to scale and nothing to save, so it is killed first.
+    And the raylet asks its workers to exit, which a scorer actor does by tearing down torch and
+    transformers for seconds after the raylet is gone: the workers still alive once Ray is shut down
+    are killed (their results were all collected; nothing of theirs is written after). (Ray 2.60's table
+    of the processes ``ray.init`` started is private; if it has moved, the plain shutdown runs.)
     """
     import ray
 
@@ -142,15 +145,39 @@ def stop_ray() -> None:
         return
     started = time.perf_counter()
     log.debug("ray: shutting down")
+    workers = []
     try:
+        import psutil
         from ray._private import ray_constants
         from ray._private.worker import _global_node
 
         started_here = _global_node.all_processes if _global_node is not None else {}
+        for info in started_here.get(ray_constants.PROCESS_TYPE_RAYLET, []):
+            workers += psutil.Process(info.process.pid).children(recursive=True)
         for info in started_here.get(ray_constants.PROCESS_TYPE_MONITOR, []):
             info.process.kill()
             info.process.wait(timeout=5)
     except Exception as err:  # a Ray whose private API moved: the plain shutdown
-        log.debug("ray: the monitor is left to ray.shutdown (%s: %s)", type(err).__name__, err)
+        log.debug("ray: shut down without shortcuts (%s: %s)", type(err).__name__, err)
     ray.shutdown()
+    _kill(workers)
     log.debug("ray: shut down in %.2f s", time.perf_counter() - started)
+
+
+def _kill(processes: list) -> None:
+    """SIGKILLs the ``psutil`` processes still running; waits a little until they are dead (or zombies)."""
+    import psutil
+
+    def running(process: psutil.Process) -> bool:
+        try:
+            return process.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:  # gone (NoSuchProcess), or its pid taken by another process
+            return False
+
+    alive = [process for process in processes if running(process)]
+    for process in alive:
+        with contextlib.suppress(psutil.Error):  # kill() checks the pid still names this process
+            process.kill()
+    deadline = time.monotonic() + 2
+    while any(running(process) for process in alive) and time.monotonic() < deadline:
+        time.sleep(0.02)
