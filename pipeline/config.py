@@ -464,6 +464,7 @@ def _validate(cfg: RelabelConfig) -> None:
             "must be DEBUG|INFO|WARNING|ERROR",
         ),
         ("job.progress_interval_s", cfg.job.progress_interval_s >= 1, "must be >= 1 second"),
+        ("job.keep_run_records", cfg.job.keep_run_records >= 0, "must be >= 0 (0 = keep every run record)"),
         ("source.block_size", cfg.source.block_size >= 4096, "must be >= 4096 bytes"),
         ("source.read_threads", cfg.source.read_threads >= 1, "must be >= 1"),
         ("output.compact_markers", cfg.output.compact_markers >= 1, "must be >= 1"),
