@@ -94,26 +94,30 @@ class EpisodeRecord:
     status: str = "ok"
     error: str = ""
 
-    def fingerprint(self) -> str:
-        """Digest of what scoring this episode depends on in the source.
+    def fingerprint(self, schedule_tag: str = "") -> str:
+        """Digest of what scoring this episode depends on in the source, and of its schedule's tag.
 
         Length, global index range, video file and span, task text, camera and fps, and the identity
         of the stored objects read (the video, and for v2.1 the data parquet): if any of them changes (a
         dataset rewritten in place, re-indexed, a video re-encoded under the same name), committed
-        labels are stale.
+        labels are stale. ``schedule_tag`` is what the run's per-episode settings make of it
+        (:func:`pipeline.frames.schedule.resolution_tag`); empty, it leaves the digest as it was
+        before those settings existed.
         """
         facts = [
             self.length, self.dataset_from_index, self.dataset_to_index, self.video_uri,
             round(self.from_timestamp, 6), round(self.to_timestamp, 6), self.task, self.camera, self.fps,
             self.source_identity,
         ]  # fmt: skip
+        if schedule_tag:
+            facts.append(schedule_tag)
         return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
 
-    def to_row(self) -> dict[str, Any]:
+    def to_row(self, schedule_tag: str = "") -> dict[str, Any]:
         """The record as one flat dict of plain Python values (the schema in the module docstring)."""
         row = asdict(self)
         row["tasks"] = list(self.tasks)
-        row["fingerprint"] = self.fingerprint()
+        row["fingerprint"] = self.fingerprint(schedule_tag)
         return row
 
 

@@ -77,12 +77,11 @@ class FramesConfig:
         height: Pinned frame height, a multiple of the model's patch*merge (32 for Qwen3-VL).
         width: Pinned frame width, a multiple of the model's patch*merge (32 for Qwen3-VL).
 
-    ``min_fps`` and ``max_frames_long`` are hashed (:func:`config_hash`) like every frames key: they
-    change the frames of long episodes, so a run with them must not reuse results committed without
-    them. The first run after they were added therefore re-scores everything once; episodes up to 52 s
-    (at the defaults) get the same frames, prefix ends and scores as before, under the new hash. Keeping
-    the old hash for default runs would be unsound: the hash is per run, not per episode, and the old
-    results of long episodes (15 prefixes) would then count as current.
+    ``min_fps`` and ``max_frames_long`` are not in the run's hash (:func:`config_hash`): they change
+    only some episodes, so they enter per episode, through its fingerprint
+    (:func:`pipeline.frames.schedule.resolution_tag`). An episode whose schedule they change is scored
+    again and never shares results with the schedule it had; one they leave as it was (up to 52 s at
+    the defaults) keeps its fingerprint, its committed results and its published bytes.
     """
 
     fps: float = 2.0
@@ -100,8 +99,8 @@ class PrefixesConfig:
     ``max_spacing_s`` is the reward's time resolution: an episode gets more than ``num`` prefixes where
     ``num`` evenly spaced ones would leave consecutive prefix ends more than this many seconds apart
     (the fewest that do not, capped by its 2-frame blocks), so a 10-minute episode has 121 progress
-    points at most 5 s apart instead of 15 points 42 s apart on average (57 s at most). Hashed like every
-    prefixes key (see :class:`FramesConfig`).
+    points at most 5 s apart instead of 15 points 42 s apart on average (57 s at most). Per episode,
+    through its fingerprint, not in the run's hash (see :class:`FramesConfig`).
 
     Attributes:
         num: K prefixes on 2-frame block boundaries; the last is the whole episode.
@@ -343,7 +342,14 @@ class RelabelConfig:
 # device enters as its class (cpu/cuda: bf16 on a GPU scores differently from fp32 on a CPU), not the
 # ordinal ("cuda:1" scores as "cuda:0" does).
 _HASHED_SECTIONS = ("model", "scoring", "frames", "prefixes")
-_HASHED_EXCLUDE = {"scoring": ("suffix_chunk",)}
+# suffix_chunk is batching only. The reward-resolution keys decide per episode, so they enter per
+# episode, through the fingerprint (pipeline.frames.schedule.resolution_tag): an episode they leave as
+# it was keeps its results, one they change is re-scored.
+_HASHED_EXCLUDE = {
+    "scoring": ("suffix_chunk",),
+    "frames": ("min_fps", "max_frames_long"),
+    "prefixes": ("max_spacing_s",),
+}
 
 AUTO = "auto"
 # ``model.dtype: auto`` per device class: what the checkpoints ship on CUDA, exact (and fast) fp32 on CPU.

@@ -21,6 +21,7 @@ from pipeline.catalog import EpisodeRecord, list_episodes
 from pipeline.config import ConfigError, RelabelConfig, config_hash
 from pipeline.failures import CREDENTIALS_HINT, failure_lines, looks_like_credentials
 from pipeline.fleetindex import FleetIndex
+from pipeline.frames.schedule import resolution_tag
 from pipeline.placement import (
     ScorerPlacement,
     cluster_placement,
@@ -237,7 +238,7 @@ def _plan(
             summary.catalog_error = record.error
             continue
         roots.setdefault(record.dataset_id, record.root)
-        row = record.to_row()
+        row = record.to_row(_schedule_tag(record, cfg))
         entry = states[record.dataset_id].get((record.episode_index, row["fingerprint"]))
         if entry is not None and entry.status == "ok":
             summary.skipped += 1
@@ -250,6 +251,12 @@ def _plan(
             row["attempt"] = (entry.attempts if entry else 0) + 1
             pending.append(row)
     return pending, roots
+
+
+def _schedule_tag(record: EpisodeRecord, cfg: RelabelConfig) -> str:
+    """What this run's reward-resolution settings change in the episode's schedule (its fingerprint's
+    per-episode part; ``""`` for an episode they leave as it was)."""
+    return resolution_tag(record.length, record.fps, cfg.frames, cfg.prefixes)
 
 
 def _listed_ids(records: list[EpisodeRecord]) -> list[str]:
@@ -294,7 +301,7 @@ def _publish_jobs(
     for record in records:
         if record.episode_index >= 0:
             fingerprints.setdefault(record.dataset_id, []).append(
-                (record.episode_index, record.fingerprint())
+                (record.episode_index, record.fingerprint(_schedule_tag(record, cfg)))
             )
     jobs = []
     for dataset_id, root in roots.items():

@@ -114,6 +114,20 @@ def test_a_night_with_nothing_new_touches_no_dataset(fleet, s3):
     assert _etags(s3, OUTPUT) == before
 
 
+def test_turning_reward_resolution_off_keeps_every_short_episodes_results(fleet, s3):
+    """The resolution keys decide per episode: on the suite's short episodes they change nothing, so a
+    run without them has the golden run's hash, scores nothing and leaves every published byte."""
+    relabel, proxy, golden = fleet
+    before = _etags(s3, OUTPUT)
+    summary = relabel("frames.min_fps=null", "prefixes.max_spacing_s=null", "frames.max_frames_long=8")
+    assert summary.config_hash == golden.summary.config_hash
+    assert {d.publish.status for d in summary.datasets.values()} == {"unchanged"}
+    assert all(d.skipped == 4 and d.scored == 0 for d in summary.datasets.values())
+    assert _touched(proxy.snapshot()) == {}
+    s3.invalidate_cache()
+    assert _etags(s3, OUTPUT) == before
+
+
 def test_a_changed_dataset_is_the_only_one_read(fleet, s3):
     relabel, proxy, _ = fleet
     info = f"{BUCKET}/synth/v21/meta/info.json"

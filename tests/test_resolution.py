@@ -13,8 +13,16 @@ import numpy as np
 import pytest
 
 from devkit.synth import MAX_FRAMES, make_frame
-from pipeline.config import FramesConfig, ModelConfig, PrefixesConfig, ScoringConfig
-from pipeline.frames.schedule import FrameSchedule, config_schedule, episode_schedule
+from pipeline.catalog import EpisodeRecord
+from pipeline.config import (
+    FramesConfig,
+    ModelConfig,
+    PrefixesConfig,
+    RelabelConfig,
+    ScoringConfig,
+    config_hash,
+)
+from pipeline.frames.schedule import FrameSchedule, config_schedule, episode_schedule, resolution_tag
 from pipeline.labels import per_frame_progress
 from pipeline.scoring.inputs import EpisodeClip
 from pipeline.scoring.scorer import PrefixScorer
@@ -237,3 +245,64 @@ def test_episode_schedule_without_the_keywords_is_todays():
         off = config_schedule(num_raw, 30.0, OLD_FRAMES, OLD_PREFIXES)
         assert np.array_equal(legacy.raw_indices, off.raw_indices)
         assert np.array_equal(legacy.prefix_ends, off.prefix_ends)
+
+
+# config_hash of the default config on a CPU before the reward-resolution keys existed (58185f7~1).
+PINNED_CPU_HASH = "f787e21a7516"
+
+
+def test_the_resolution_keys_leave_the_run_hash_as_it_was():
+    """They decide per episode (its fingerprint), so a run's hash is what it was before they existed."""
+    cfg = RelabelConfig()
+    cpu = RelabelConfig(model=ModelConfig(device="cpu"))
+    assert config_hash(cpu) == PINNED_CPU_HASH
+    off = RelabelConfig(
+        model=ModelConfig(device="cpu"),
+        frames=FramesConfig(min_fps=None, max_frames_long=64),
+        prefixes=PrefixesConfig(max_spacing_s=None),
+    )
+    assert config_hash(off) == PINNED_CPU_HASH
+    assert config_hash(RelabelConfig(model=ModelConfig(device="cpu"), prefixes=PrefixesConfig(num=16))) != (
+        PINNED_CPU_HASH
+    )
+    assert cfg.frames == DEFAULT_FRAMES
+
+
+def _record(num_raw: int, raw_fps: float) -> EpisodeRecord:
+    return EpisodeRecord(
+        "ds", "/ds", "v3.0", 0, TASK, (TASK,), num_raw, raw_fps, "cam", "/ds/v.mp4", 0.0, num_raw / raw_fps
+    )
+
+
+@pytest.mark.parametrize(
+    ("num_raw", "raw_fps"), [(2, 30.0), (301, 30.0), (961, 30.0), (1561, 30.0), (520, 10.0)]
+)
+def test_short_episodes_keep_their_fingerprint(num_raw, raw_fps):
+    """Up to 52 s the settings change nothing, so results committed without them stay current."""
+    record = _record(num_raw, raw_fps)
+    tag = resolution_tag(num_raw, raw_fps, DEFAULT_FRAMES, DEFAULT_PREFIXES)
+    assert tag == ""
+    assert record.fingerprint(tag) == record.fingerprint()
+    assert resolution_tag(num_raw, raw_fps, OLD_FRAMES, OLD_PREFIXES) == ""
+
+
+@pytest.mark.parametrize("seconds", [60, 600])
+def test_long_episodes_get_a_fingerprint_per_schedule(seconds):
+    """A long episode scored under another schedule is stale: its fingerprint follows its schedule."""
+    num_raw = seconds * 30 + 1
+    record = _record(num_raw, 30.0)
+    default = resolution_tag(num_raw, 30.0, DEFAULT_FRAMES, DEFAULT_PREFIXES)
+    assert default and resolution_tag(num_raw, 30.0, OLD_FRAMES, OLD_PREFIXES) == ""
+    assert record.fingerprint(default) != record.fingerprint()
+    finer = resolution_tag(num_raw, 30.0, DEFAULT_FRAMES, PrefixesConfig(max_spacing_s=2.5))
+    assert finer not in ("", default)
+    # Past 80 s the floor alone changes the frames (and so the scores), prefixes as they were.
+    floor_only = resolution_tag(num_raw, 30.0, DEFAULT_FRAMES, OLD_PREFIXES)
+    assert (floor_only not in ("", default)) if seconds > 80 else floor_only == ""
+    # Settings that give the episode the same schedule share its results.
+    same = FramesConfig(max_frames_long=DEFAULT_FRAMES.max_frames_long + 2)
+    if np.array_equal(
+        config_schedule(num_raw, 30.0, same, DEFAULT_PREFIXES).raw_indices,
+        config_schedule(num_raw, 30.0, DEFAULT_FRAMES, DEFAULT_PREFIXES).raw_indices,
+    ):
+        assert resolution_tag(num_raw, 30.0, same, DEFAULT_PREFIXES) == default

@@ -17,8 +17,10 @@ settings bound it for long episodes, and leave every episode that already met th
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -212,3 +214,37 @@ def config_schedule(
         max_frames_long=frames.max_frames_long,
         max_spacing_s=prefixes.max_spacing_s,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def resolution_tag(num_raw: int, raw_fps: float, frames: FramesConfig, prefixes: PrefixesConfig) -> str:
+    """What the reward-resolution settings change in one episode's schedule: ``""`` when nothing.
+
+    ``frames.min_fps``, ``frames.max_frames_long`` and ``prefixes.max_spacing_s`` are not in the config
+    hash: they decide per episode, so they enter per episode, through its fingerprint
+    (:meth:`pipeline.catalog.EpisodeRecord.fingerprint`). An episode they leave as it was without them
+    (every one up to 52 s at the defaults) gets ``""`` and keeps the fingerprint, the committed results
+    and the published bytes it had; one they change gets a digest of its schedule (sampled raw frames
+    and prefix ends), so results committed under another schedule are stale for it, and two settings
+    that give it the same schedule share its results. Cached: a fleet's episodes share few lengths.
+
+    Args:
+        num_raw: raw frames in the episode.
+        raw_fps: the episode's frame rate.
+        frames: the run's :class:`pipeline.config.FramesConfig`.
+        prefixes: the run's :class:`pipeline.config.PrefixesConfig`.
+    """
+    try:
+        schedule = config_schedule(num_raw, raw_fps, frames, prefixes)
+        plain = config_schedule(
+            num_raw, raw_fps, replace(frames, min_fps=None), replace(prefixes, max_spacing_s=None)
+        )
+    except EpisodeError:
+        return ""  # an unscorable episode: scoring records why; its fingerprint stays the source's
+    if np.array_equal(schedule.raw_indices, plain.raw_indices) and np.array_equal(
+        schedule.prefix_ends, plain.prefix_ends
+    ):
+        return ""
+    digest = hashlib.sha256(schedule.raw_indices.astype("<i8").tobytes())
+    digest.update(schedule.prefix_ends.astype("<i8").tobytes())
+    return digest.hexdigest()[:16]
