@@ -21,7 +21,7 @@ from PIL import Image
 from jobs.report import EXIT_UNREADABLE
 from jobs.report import main as report_main
 from pipeline.atomic import write_bytes, write_parquet
-from pipeline.config import load_config
+from pipeline.config import RelabelConfig, load_config
 from pipeline.curated.pointer import Pointer, version_folder
 from pipeline.decision import decide
 from pipeline.labels import minmax_normalize, value_order_correlation
@@ -76,7 +76,7 @@ def _episode_row(
     return row
 
 
-def _write_dataset(output: Path, i: int, run_ids: list[str], rng: random.Random) -> None:
+def _write_dataset(output: Path, i: int, run_ids: list[str], rng: random.Random, cfg: RelabelConfig) -> None:
     """``episodes.parquet`` (SHARD_SCHEMA rows decided and published as publish does) and
     ``_published.json`` naming one of the last nights' runs."""
     dataset_id = _dataset_id(i)
@@ -88,7 +88,6 @@ def _write_dataset(output: Path, i: int, run_ids: list[str], rng: random.Random)
         )
         for e in range(rng.randint(5, 15))
     ]
-    cfg = load_config([f"success.threshold={THRESHOLD}"])
     table = decide(pa.Table.from_pylist(rows, schema=SHARD_SCHEMA), cfg.success, cfg.curation)
     write_parquet(table.select(list(EPISODE_COLUMNS)), layout.episodes, {})
     selected = sum(table.column("selected").to_pylist())
@@ -134,8 +133,9 @@ def fleet(tmp_path_factory) -> dict:
     output = tmp_path_factory.mktemp("fleet") / "labels"
     rng = random.Random(7)
     run_ids = _write_runs(output, rng)
+    cfg = load_config([f"success.threshold={THRESHOLD}"])  # once: a config load costs ~50 ms
     for i in range(DATASETS):
-        _write_dataset(output, i, run_ids, rng)
+        _write_dataset(output, i, run_ids, rng, cfg)
     out = output / "_report"
     assert report_main([f"output.uri={output}", "report.max_episodes=0"]) == 0
     return {"output": output, "out": out, "run_ids": run_ids}
@@ -288,8 +288,9 @@ def test_a_corrupt_episodes_table_is_listed_and_the_others_are_written(tmp_path,
     output = tmp_path / "labels"
     rng = random.Random(1)
     run_ids = _write_runs_small(output)
+    cfg = load_config([f"success.threshold={THRESHOLD}"])
     for i in (1, 2):
-        _write_dataset(output, i, run_ids, rng)
+        _write_dataset(output, i, run_ids, rng, cfg)
     bad = output / "so100" / "broken"
     bad.mkdir(parents=True)
     (bad / "episodes.parquet").write_bytes(b"PAR1 this is not a parquet file")
