@@ -271,6 +271,9 @@ class JobConfig:
         progress_interval_s: Seconds between the "scoring: done/total, episodes/h, ETA" log lines.
         keep_run_records: Run records kept under <output>/_runs/: the N most recent, plus any a dataset's
             _published.json names; 0 = keep all.
+        inline_max_episodes: A run that would start a local Ray (no ray.address, no RAY_ADDRESS, none
+            connected) to score at most this many episodes on CPU scores them in its own process, with
+            the same stage functions, while Ray starts in the background for the publish; 0 = never.
     """
 
     log_level: str = "INFO"
@@ -278,6 +281,9 @@ class JobConfig:
     progress_interval_s: float = 30.0
     # Applied at the end of a run by pipeline.runrecord.prune_run_records.
     keep_run_records: int = 200
+    # Below this, Ray's start, the scorer actor's process and Ray Data's workers cost more than the work
+    # (bench.startup; README "Start-up"). Read by pipeline.relabel.scores_inline.
+    inline_max_episodes: int = 8
 
 
 @dataclass(frozen=True)
@@ -471,6 +477,7 @@ def _validate(cfg: RelabelConfig) -> None:
         ),
         ("job.progress_interval_s", cfg.job.progress_interval_s >= 1, "must be >= 1 second"),
         ("job.keep_run_records", cfg.job.keep_run_records >= 0, "must be >= 0 (0 = keep every run record)"),
+        ("job.inline_max_episodes", cfg.job.inline_max_episodes >= 0, "must be >= 0 (0 = always Ray Data)"),
         ("source.block_size", cfg.source.block_size >= 4096, "must be >= 4096 bytes"),
         ("source.read_threads", cfg.source.read_threads >= 1, "must be >= 1"),
         ("output.compact_markers", cfg.output.compact_markers >= 1, "must be >= 1"),

@@ -41,6 +41,8 @@ class ScorerPlacement:
     dtype: str
     resources: dict[str, float] = field(default_factory=dict)
     max_tasks_in_flight: int = 2
+    # Scored in the driver's own process, not an actor pool (job.inline_max_episodes).
+    in_process: bool = False
 
     def compute(self) -> ray.data.ActorPoolStrategy:
         """The Ray Data actor pool: fixed when the bounds agree, autoscaling between them otherwise."""
@@ -65,6 +67,8 @@ class ScorerPlacement:
 
     def describe(self) -> str:
         """One line for the run summary, e.g. ``cuda bfloat16, 1-8 actors x 1 GPU``."""
+        if self.in_process:
+            return f"{self.device} {self.dtype}, in the driver's process (job.inline_max_episodes)"
         actors = (
             f"{self.min_actors} actor{'s' if self.min_actors > 1 else ''}"
             if self.min_actors == self.max_actors

@@ -11,14 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any
 
 import ray
 
 from pipeline.catalog import EpisodeRecord, list_episodes
-from pipeline.config import ConfigError, RelabelConfig, config_hash
+from pipeline.config import ConfigError, RelabelConfig, config_hash, device_class
 from pipeline.failures import CREDENTIALS_HINT, failure_lines, looks_like_credentials
 from pipeline.fleetindex import FleetIndex
 from pipeline.frames.schedule import resolution_tag
@@ -35,7 +35,15 @@ from pipeline.publish import PublishJob, PublishOutcome, publish_all
 from pipeline.reader.dataset import INFO_PATH
 from pipeline.runrecord import RunRecord, prune_run_records
 from pipeline.sinks import State, list_states, load_states, marker_count, state_uri, write_shards
-from pipeline.stopping import RunStopped, requested_stop, start_ray, stop_on_signals
+from pipeline.stages.inline import StageArgs, score_in_process
+from pipeline.stopping import (
+    RunStopped,
+    requested_stop,
+    start_ray,
+    start_ray_soon,
+    stop_on_signals,
+    wait_for_ray,
+)
 from pipeline.storage import normalize_uri, redact, with_storage_retries
 
 log = logging.getLogger(__name__)
@@ -44,6 +52,8 @@ log = logging.getLogger(__name__)
 SCORER_RUNTIME_ENV = {"env_vars": {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}}
 # CPUs per label-and-commit task: light work (no frames), mostly one small write.
 COMMIT_NUM_CPUS = 0.25
+# Episodes per commit: shards are small (no frames); a handful of episodes per shard keeps file counts sane.
+COMMIT_BATCH_SIZE = 16
 
 
 @dataclass
@@ -123,24 +133,71 @@ class RunSummary:
         return self.failures > 0 and self.succeeded == 0
 
 
+def _address(cfg: RelabelConfig) -> str | None:
+    """The cluster to join: ``ray.address``, else RAY_ADDRESS (``ray job submit``); None = a local Ray."""
+    return cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def _local_ray_init(cfg: RelabelConfig) -> partial:
+    """The ``ray.init`` of a local Ray for this run."""
+    return partial(
+        ray.init,
+        address="local",
+        num_cpus=cfg.ray.num_cpus,
+        object_store_memory=cfg.ray.object_store_memory,
+        _temp_dir=cfg.ray.temp_dir,
+        include_dashboard=False,
+    )
+
+
 def connect_ray(cfg: RelabelConfig) -> None:
-    """Join the cluster a job was submitted to (RAY_ADDRESS), a given address, or start a local Ray."""
-    if ray.is_initialized():
+    """Join the cluster a job was submitted to (RAY_ADDRESS), a given address, or start a local Ray.
+
+    A local Ray already starting in the background (:func:`scores_in_process`) is waited for.
+    """
+    if wait_for_ray() or ray.is_initialized():
         return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+    address = _address(cfg)
     # ray.init replaces the SIGTERM handler with one that exits by SIGABRT; a run stops cleanly instead.
     if address:
         start_ray(partial(ray.init, address=address))
         return
-    start_ray(
-        partial(
-            ray.init,
-            address="local",
-            num_cpus=cfg.ray.num_cpus,
-            object_store_memory=cfg.ray.object_store_memory,
-            _temp_dir=cfg.ray.temp_dir,
-            include_dashboard=False,
-        )
+    start_ray(_local_ray_init(cfg))
+
+
+def scores_in_process(cfg: RelabelConfig, pending: int) -> bool:
+    """Whether this run scores its ``pending`` episodes in its own process (``job.inline_max_episodes``).
+
+    Only a run that would otherwise start a local Ray for them (no cluster to join, none connected) and
+    scores on CPU: there, for a few episodes, Ray's start, the scorer actor's process and Ray Data's
+    workers take longer than the work. A cluster's placement (GPUs, custom resources) always gets the
+    actor pool, and so does a GPU (a fatal device error must end an actor, not the driver).
+    """
+    return (
+        0 < pending <= cfg.job.inline_max_episodes
+        and _address(cfg) is None
+        and not ray.is_initialized()
+        and device_class(cfg.model.device) == "cpu"
+    )
+
+
+def stage_args(cfg: RelabelConfig, chash: str) -> StageArgs:
+    """What the stage functions are called with in this run, by either executor."""
+    return StageArgs(
+        decode={
+            "frames_cfg": cfg.frames,
+            "prefixes_cfg": cfg.prefixes,
+            "storage_options": cfg.source.storage_options,
+            "block_size": cfg.source.block_size,
+        },
+        score={"model": cfg.model, "scoring": cfg.scoring, "threads": cfg.ray.scorer_threads},
+        commit={
+            "output_uri": cfg.output.uri,
+            "config_hash": chash,
+            "storage_options": cfg.output.storage_options,
+        },
+        score_batch_size=cfg.ray.scorer_batch_size,
+        commit_batch_size=COMMIT_BATCH_SIZE,
     )
 
 
@@ -149,7 +206,8 @@ def build_dataset(
 ) -> ray.data.Dataset:
     """The streaming Ray Data graph over pending episode rows.
 
-    ``placement`` is the scorer pool's shape, resolved against the connected cluster when None.
+    ``placement`` is the scorer pool's shape, resolved against the connected cluster when None. The
+    stages and their arguments are those of the in-process executor (:mod:`pipeline.stages.inline`).
     """
     # Imported here, when there is something to score: the stages pull in PyAV, torch, transformers
     # and scipy, seconds of a driver's start that a night with nothing new never needs.
@@ -157,6 +215,7 @@ def build_dataset(
     from pipeline.stages.label import label_episode
     from pipeline.stages.score import ScoreEpisodes
 
+    args = stage_args(cfg, chash)
     decode_compute = (
         ray.data.TaskPoolStrategy(size=cfg.ray.decode_concurrency) if cfg.ray.decode_concurrency else None
     )
@@ -166,12 +225,7 @@ def build_dataset(
         # Decoding is I/O plus light CPU work; fractional CPUs let it overlap the scorer on small nodes.
         .map(
             decode_episode,
-            fn_kwargs={
-                "frames_cfg": cfg.frames,
-                "prefixes_cfg": cfg.prefixes,
-                "storage_options": cfg.source.storage_options,
-                "block_size": cfg.source.block_size,
-            },
+            fn_kwargs=args.decode,
             num_cpus=cfg.ray.decode_num_cpus,
             compute=decode_compute,
         )
@@ -186,31 +240,22 @@ def build_dataset(
         # decode into the actor, which then decodes on its critical path instead of overlapping.
         .map_batches(
             ScoreEpisodes,
-            fn_constructor_kwargs={
-                "model": cfg.model,
-                "scoring": cfg.scoring,
-                "threads": cfg.ray.scorer_threads,
-            },
+            fn_constructor_kwargs=args.score,
             compute=placement.compute(),
-            batch_size=cfg.ray.scorer_batch_size,
+            batch_size=args.score_batch_size,
             batch_format="numpy",
             runtime_env=SCORER_RUNTIME_ENV,
             **placement.remote_args(),
         )
         # Scores-derived labels only: success and selection are decided at publish (pipeline.decision).
         .map(label_episode, num_cpus=COMMIT_NUM_CPUS)
-        # Shards are small (no frames); a handful of episodes per commit keeps file counts sane. A
-        # fraction of a CPU (the same for both stages, so they stay fused): with a whole one, a small
+        # A fraction of a CPU (the same for both stages, so they stay fused): with a whole one, a small
         # node's decode tasks hold the CPUs and every shard is committed at the very end, so progress
         # shows nothing and a stopped run keeps nothing.
         .map_batches(
             write_shards,
-            fn_kwargs={
-                "output_uri": cfg.output.uri,
-                "config_hash": chash,
-                "storage_options": cfg.output.storage_options,
-            },
-            batch_size=16,
+            fn_kwargs=args.commit,
+            batch_size=args.commit_batch_size,
             batch_format="numpy",
             num_cpus=COMMIT_NUM_CPUS,
         )
@@ -339,12 +384,21 @@ def _score(
     Logs a progress line every ``job.progress_interval_s`` seconds (:class:`~pipeline.progress.
     ScoringProgress`); Ray Data's own progress block is off unless ``job.log_level=DEBUG``.
     """
-    connect_ray(cfg)
-    quiet_ray_data(cfg.job.log_level)
-    placement = resolve_placement(cfg.ray, cfg.model, ray.cluster_resources())
+    if scores_in_process(cfg, len(pending)):
+        # The publish that follows needs Ray: it starts meanwhile, on the other cores.
+        start_ray_soon(_local_ray_init(cfg))
+        placement = replace(
+            resolve_placement(cfg.ray, cfg.model, {"CPU": float(os.cpu_count() or 1)}), in_process=True
+        )
+        results = score_in_process(pending, stage_args(cfg, chash))
+    else:
+        connect_ray(cfg)
+        quiet_ray_data(cfg.job.log_level)
+        placement = resolve_placement(cfg.ray, cfg.model, ray.cluster_resources())
+        results = build_dataset(pending, cfg, chash, placement).iter_rows()
     record.placement = asdict(placement)
     with ScoringProgress(len(pending), cfg.job.progress_interval_s, where=placement.describe()) as progress:
-        for result in build_dataset(pending, cfg, chash, placement).iter_rows():
+        for result in results:
             summary = summaries[result["dataset_id"]]
             ok = result["status"] == "ok"
             progress.add(ok)

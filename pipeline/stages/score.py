@@ -20,7 +20,8 @@ from pipeline.config import ModelConfig, ScoringConfig
 
 # torch, transformers and the scorer are imported inside the actor, never on the driver that builds
 # the graph: a driver that loads torch late (after Ray and PyAV) can fail to map its libraries
-# (oneMKL "Cannot load libtorch_cpu.so"), and one that loads it early pays seconds for nothing.
+# (oneMKL "Cannot load libtorch_cpu.so"), and one that loads it early pays seconds for nothing. The
+# in-process executor (pipeline.stages.inline) builds this scorer before it imports PyAV.
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,24 @@ def is_fatal_device_error(err: BaseException) -> bool:
 class ScoreEpisodes:
     """Scores a batch of decoded episodes with the cached TOPReward scorer."""
 
-    def __init__(self, model: ModelConfig, scoring: ScoringConfig, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        model: ModelConfig,
+        scoring: ScoringConfig,
+        threads: int | None = None,
+        exit_on_fatal: bool = True,
+    ) -> None:
+        """Loads the model once.
+
+        Args:
+            model: What to load and where (device and dtype resolved by the driver).
+            scoring: The prompt and the prefix batching.
+            threads: torch CPU threads when scoring on CPU; None = all the node's cores.
+            exit_on_fatal: A fatal device error ends the process, so Ray replaces the actor (a pool
+                actor); False raises it instead (scoring in the driver's own process, which must live to
+                record the run as broken).
+        """
+        self.exit_on_fatal = exit_on_fatal
         import torch
         from transformers.utils import logging as hf_logging
 
@@ -56,11 +74,11 @@ class ScoreEpisodes:
         if loaded.device.type == "cpu":
             # Ray sets OMP_NUM_THREADS=1 for fractional-CPU actors; CPU scoring wants the node's cores.
             torch.set_num_threads(threads or os.cpu_count() or 1)
-        # get_runtime_context() would start a Ray of its own when called outside one.
-        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "none"
-        log.info(
-            "scorer actor ready: %s on %s %s, Ray node %s", model.path, loaded.device, loaded.dtype, node
-        )
+        # get_runtime_context() would start a Ray of its own when called outside one; the driver's own
+        # process (exit_on_fatal False) is on no Ray node, whatever Ray it started meanwhile.
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() and exit_on_fatal else ""
+        where = f"actor on Ray node {node}" if node else "in this process"
+        log.info("scorer ready: %s on %s %s, %s", model.path, loaded.device, loaded.dtype, where)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Score each row of a numpy batch; failures go on the row."""
@@ -81,6 +99,8 @@ class ScoreEpisodes:
                     scores = (result.log_p_true, result.log_p_false)
                 except Exception as err:
                     if is_fatal_device_error(err):
+                        if not self.exit_on_fatal:
+                            raise
                         # Exit so Ray replaces the actor and retries the batch on a healthy one.
                         log.critical("fatal device error, restarting scorer actor: %s", err)
                         os._exit(1)

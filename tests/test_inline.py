@@ -1,0 +1,217 @@
+"""The in-process executor (``job.inline_max_episodes``) against the Ray Data graph, and the background
+Ray start it uses for the publish.
+
+Both executors run the same stage functions with the same arguments; these tests check what that
+promises: the same shards and markers (but for when they were written), byte-identical published
+progress, and a bad episode recorded with the same status, error and attempt. They also check which
+runs take the in-process path, and that Ray started from a thread stays up until the job stops it and
+leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import load_config
+from pipeline.layout import EPISODES_FILE, PROGRESS_FILE
+from tests.conftest import PROJECT_ROOT, relabel_config
+
+DATASET = "fleet/broken"
+LENGTHS = (20, 24, 22)  # episode 1's video is corrupt
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+def _same(value: object) -> object:
+    """``value`` with NaN as a string, so that a failed row's NaN ``voc`` compares equal to itself."""
+    return "NaN" if isinstance(value, float) and math.isnan(value) else value
+
+
+def _shards(output: Path) -> dict[str, list[dict]]:
+    """Every committed shard's rows (sorted by episode) without ``scored_at``, by shard name."""
+    shards = {}
+    for path in sorted(output.glob("_state/*/*/*/*.parquet")):
+        rows = pq.read_table(path).drop_columns(["scored_at"]).to_pylist()
+        rows = [{key: _same(value) for key, value in row.items()} for row in rows]
+        shards[path.name] = sorted(rows, key=lambda row: row["episode_index"])
+    return shards
+
+
+def _markers(output: Path) -> dict[str, dict]:
+    """Every marker without ``committed_at``, by file name."""
+    markers = {}
+    for path in sorted(output.glob("_state/*/*/*/*.done.json")):
+        marker = json.loads(path.read_text())
+        marker.pop("committed_at")
+        markers[path.name] = marker
+    return markers
+
+
+def _failures(output: Path) -> list[dict]:
+    (record,) = (output / "_runs").glob("*.json")
+    return json.loads(record.read_text())["failures"]
+
+
+@pytest.mark.slow
+def test_in_process_run_writes_what_the_ray_graph_writes(ray_session, tmp_path, tiny_model_dir):
+    from devkit.synth import write_v21_dataset
+    from pipeline.relabel import run
+
+    source = write_v21_dataset(tmp_path / "src" / DATASET, lengths=LENGTHS, fps=10, corrupt_episode=1)
+    by_ray, in_process = tmp_path / "ray", tmp_path / "inline"
+
+    # The Ray Data graph: this process is connected to the session's Ray, so it never scores inline.
+    summary = run(relabel_config(str(source), str(by_ray), tiny_model_dir, {}))
+    assert summary.placement is not None and not summary.placement.in_process
+    assert (summary.datasets[DATASET].scored, summary.datasets[DATASET].failed) == (2, 1)
+
+    # The job on its own, with no Ray yet: 3 episodes <= job.inline_max_episodes, on CPU.
+    args = [
+        f"source.uris=[{source}]", f"output.uri={in_process}", f"model.path={tiny_model_dir}",
+        "frames.height=64", "frames.width=64", "frames.max_frames=8", "prefixes.num=4",
+        "success.threshold=-1000", "ray.num_cpus=2",
+    ]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "jobs.relabel", *args],
+        cwd=PROJECT_ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "in the driver's process (job.inline_max_episodes)" in done.stdout, done.stdout
+    (record,) = (in_process / "_runs").glob("*.json")
+    assert json.loads(record.read_text())["placement"]["in_process"] is True
+
+    # The same shards and markers (their names follow from episodes, fingerprints and attempts)...
+    assert _shards(in_process) == _shards(by_ray) and _shards(by_ray)
+    assert _markers(in_process) == _markers(by_ray)
+    # ... the same bytes published for RA-BC, the same episodes file but for when each was scored ...
+    progress = [(root / DATASET / PROGRESS_FILE).read_bytes() for root in (by_ray, in_process)]
+    assert progress[0] == progress[1]
+    episodes = [
+        pq.read_table(root / DATASET / EPISODES_FILE).drop_columns(["scored_at"])
+        for root in (by_ray, in_process)
+    ]
+    assert [{k: _same(v) for k, v in row.items()} for row in episodes[0].to_pylist()] == [
+        {k: _same(v) for k, v in row.items()} for row in episodes[1].to_pylist()
+    ]
+    # ... and the corrupt episode recorded the same way: failed, naming its video, at attempt 1.
+    bad = [row for row in episodes[1].to_pylist() if row["status"] == "failed"]
+    assert [(row["episode_index"], row["attempt"]) for row in bad] == [(1, 1)]
+    assert "episode_000001.mp4" in bad[0]["error"]
+    assert _failures(in_process) == _failures(by_ray) and len(_failures(by_ray)) == 1
+
+
+def test_which_runs_score_in_process(monkeypatch, tmp_path):
+    import ray
+
+    from pipeline.relabel import scores_in_process
+
+    cfg = load_config([f"source.uris=[{tmp_path}]", f"output.uri={tmp_path / 'out'}", "model.device=cpu"])
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    limit = cfg.job.inline_max_episodes
+    assert limit > 0
+    assert scores_in_process(cfg, 1) and scores_in_process(cfg, limit)
+    assert not scores_in_process(cfg, 0)  # nothing to score: no scorer either
+    assert not scores_in_process(cfg, limit + 1)
+    assert not scores_in_process(replace(cfg, job=replace(cfg.job, inline_max_episodes=0)), 1)
+    assert not scores_in_process(replace(cfg, model=replace(cfg.model, device="cuda")), 1)
+    assert not scores_in_process(replace(cfg, ray=replace(cfg.ray, address="10.0.0.1:6379")), 1)
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")  # under ray job submit: the cluster's actors
+    assert not scores_in_process(cfg, 1)
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setattr(ray, "is_initialized", lambda: True)  # connected already: nothing to save
+    assert not scores_in_process(cfg, 1)
+
+
+def test_a_negative_inline_limit_is_refused(tmp_path):
+    from pipeline.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"job\.inline_max_episodes"):
+        load_config([f"source.uris=[{tmp_path}]", f"output.uri={tmp_path}/o", "job.inline_max_episodes=-1"])
+
+
+# A driver that starts a local Ray in the background, uses it well after the starting call returned,
+# lists every process of it, then ends the way jobs.relabel does. With "at-once" it ends while Ray is
+# still starting.
+_DRIVER = """
+import functools, json, sys, time
+import psutil, ray
+from jobs.relabel import configure_logging, exit_now
+from pipeline.stopping import start_ray_soon, wait_for_ray
+
+configure_logging("DEBUG")
+start_ray_soon(functools.partial(
+    ray.init, address="local", num_cpus=1, include_dashboard=False, _temp_dir=sys.argv[1]
+))
+if sys.argv[2] == "at-once":
+    exit_now(7)
+assert wait_for_ray()
+time.sleep(3)  # Ray's GCS and raylet die with the thread that forked them, if it has ended
+
+@ray.remote
+def pid():
+    import os
+    return os.getpid()
+
+family = {ray.get(pid.remote(), timeout=60)}
+for infos in ray._private.worker._global_node.all_processes.values():
+    for info in infos:
+        process = psutil.Process(info.process.pid)
+        family |= {process.pid, *(child.pid for child in process.children(recursive=True))}
+print(json.dumps(sorted(family)))
+exit_now(7)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _ray_processes_under(temp_dir: Path) -> list[int]:
+    """Processes whose command line names ``temp_dir`` (a Ray session's GCS, raylet, agents)."""
+    found = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if any(str(temp_dir) in part for part in process.info["cmdline"] or []) and _alive(process.pid):
+            found.append(process.pid)
+    return found
+
+
+@pytest.mark.parametrize("when", ["used", "at-once"])
+def test_ray_started_in_the_background_serves_the_run_and_leaves_nothing(tmp_path_factory, when):
+    temp_dir = tmp_path_factory.mktemp("ray")  # short: Ray's socket paths must fit in 107 bytes
+    done = subprocess.run(
+        [sys.executable, "-c", _DRIVER, str(temp_dir), when],
+        cwd=PROJECT_ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 7, done.stderr[-3000:]
+    assert "SIGTERM handler is not set" not in done.stderr  # the run's own handlers stay; no noise
+    processes = json.loads(done.stdout.splitlines()[-1]) if when == "used" else []
+    assert len(processes) >= 6 or when == "at-once"  # GCS, raylet, its agents, monitor, a worker
+    deadline = time.monotonic() + 10
+    while (_ray_processes_under(temp_dir) or any(map(_alive, processes))) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _ray_processes_under(temp_dir) and not any(map(_alive, processes))
