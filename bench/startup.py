@@ -47,24 +47,18 @@ imports; scipy.optimize 0.8 s through ``transformers.loss``; neither is needed t
 turned off from outside those packages); model and processor 0.2 s; scoring 0.1-0.5 s; the
 label-and-commit task's worker 1 s. ``ray.init`` options (``log_to_driver=False``,
 ``enable_worker_prestart=False``) made no difference beyond the noise (3 runs each, load 2.5-3). On that
-path the floor is about 11 s, so a run with a few episodes on a machine of its own now scores them in
-its own process (``job.inline_max_episodes``, :mod:`pipeline.stages.inline`: the same stage functions)
-while Ray starts in the background for the publish (``(ray start, overlapped)``, not part of the sum).
-Before (e27f506) and after (67a17fd), alternating, load average 2.7-4.2 from other work on the 2
-cores, median of 3::
+path the floor is about 11 s, so a local CPU run with a few episodes scores them in its own process
+(``job.inline_max_episodes``, :mod:`pipeline.stages.inline`: the same stage functions) and publishes a
+few changed datasets there too (``publish.inline_max_datasets``): such a job starts no Ray at all. At
+load 15-35 (another test suite running on the 2 cores), median of 3::
 
-                  first            +1              no-op
-    wall          14.63 -> 12.39   17.26 -> 12.99   1.39 -> 1.10
-    imports        0.87 ->  0.87    1.10 ->  0.86   0.92 -> 0.82
-    plan           0.03 ->  0.03    0.30 ->  0.30   0.33 -> 0.27
-    ray start      3.75 ->  (7.11 overlapped)  4.80 -> (7.39 overlapped)
-    scoring        9.23 -> 10.25   10.43 ->  9.53
-    publish        0.16 ->  0.81    0.25 ->  1.04   (a cold worker imports pipeline.publish)
-    ray stop       0.44 ->  0.16    0.49 ->  0.38
-    each wall after: first 9.0, 12.4, 19.3; +1 8.1, 13.0, 14.2
-
-In-process scoring shares the 2 cores with Ray's start (its GCS, raylet, agents and prestarted
-workers); on a loaded machine that is what the scoring phase waits for.
+                  first    +1     no-op
+    wall          9.25     9.94   1.32
+    imports       1.29     1.08   0.88
+    plan          0.04     0.31   0.30
+    scoring       7.76     6.71   (torch and transformers imported, model loaded, 1 episode scored)
+    publish       0.07     0.05
+    each wall: first 12.6, 9.3, 7.7; +1 11.0, 9.9, 7.8; no-op 3.5, 1.3, 1.2
 
 ``--repeat`` runs the three-run sequence that many times (fresh folders each) and prints each part's
 median; with ``--log-level INFO`` only the wall times mean anything (the marks are DEBUG lines).
@@ -92,9 +86,6 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parent.parent
 MODEL_DIR = PROJECT / ".cache" / "models" / "tiny-qwen3_vl-s0"
 PARTS = ("imports", "plan", "ray start", "scoring", "publish", "ray stop", "exit")
-# Not a part of the wall time: a Ray start in the background, during scoring (said after the parts).
-OVERLAPPED = "(ray start, overlapped)"
-BACKGROUND_START = "ray: starting in the background"
 RUNS = ("first", "+1", "no-op")
 # A pipeline log line (jobs.relabel's format) or Ray's own (tab after the time).
 _LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})[ \t]\S+ (\S+?):? (.*)$")
@@ -134,13 +125,9 @@ def split(lines: list[str], spawned: float, exited: float) -> dict[str, float]:
     """The parts of one run's wall time (module docstring) from its log lines; absent phases are 0."""
     marks = _marks(lines)
     ready = _first(marks, "jobs.relabel: pipeline imported") or spawned
-    ray_spans, background = [], 0.0
+    ray_spans = []
     for t, message in marks:
-        if message.startswith(BACKGROUND_START):
-            # Overlapping the run's own work (the in-process executor): said apart, not subtracted.
-            end = _first(marks, "ray: started in the background", t)
-            background += (end if end is not None else t) - t
-        elif message.startswith("ray: starting"):
+        if message.startswith("ray: starting"):
             end = _first(marks, "ray: started", t) or _first(marks, "Started a local Ray", t)
             ray_spans.append((t, end if end is not None else t))
 
@@ -162,7 +149,6 @@ def split(lines: list[str], spawned: float, exited: float) -> dict[str, float]:
         "ray stop": stopping,
     }
     parts["exit"] = exited - spawned - sum(parts.values())
-    parts[OVERLAPPED] = background
     return parts
 
 
@@ -224,7 +210,7 @@ def sequence(
 def table(results: list[dict[str, Timed]]) -> str:
     """Median wall time and parts per run kind (seconds), one column per kind."""
     lines = [f"{'seconds (median of ' + str(len(results)) + ')':<28}" + "".join(f"{r:>9}" for r in RUNS)]
-    for part in ("wall", *PARTS, OVERLAPPED):
+    for part in ("wall", *PARTS):
         cells = []
         for run in RUNS:
             values = [r[run].wall_s if part == "wall" else r[run].parts[part] for r in results]

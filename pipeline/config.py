@@ -273,7 +273,7 @@ class JobConfig:
             _published.json names; 0 = keep all.
         inline_max_episodes: A run that would start a local Ray (no ray.address, no RAY_ADDRESS, none
             connected) to score at most this many episodes on CPU scores them in its own process, with
-            the same stage functions, while Ray starts in the background for the publish; 0 = never.
+            the same stage functions; 0 = never.
     """
 
     log_level: str = "INFO"
@@ -299,6 +299,9 @@ class PublishConfig:
             have gathered (a new curated version); bounds the curated set's file count. Below 2: never.
         curated_compact_levels: Levels of packing: each episode's bytes are written at most 1 + this
             many times.
+        inline_max_datasets: A run with no cluster to join and no Ray started (a local run that scored
+            nothing, or scored in its own process: ``job.inline_max_episodes``) publishes up to this
+            many changed datasets in its own process, one after another, without starting Ray; 0 = never.
     """
 
     num_cpus: float = 1.0
@@ -309,6 +312,8 @@ class PublishConfig:
     keep_superseded_s: float = 86400.0
     curated_compact_fanout: int = 8
     curated_compact_levels: int = 2
+    # A local Ray's start (~3 s, bench.startup) costs more than publishing a few small datasets.
+    inline_max_datasets: int = 4
 
 
 @dataclass(frozen=True)
@@ -478,6 +483,7 @@ def _validate(cfg: RelabelConfig) -> None:
         ("job.progress_interval_s", cfg.job.progress_interval_s >= 1, "must be >= 1 second"),
         ("job.keep_run_records", cfg.job.keep_run_records >= 0, "must be >= 0 (0 = keep every run record)"),
         ("job.inline_max_episodes", cfg.job.inline_max_episodes >= 0, "must be >= 0 (0 = always Ray Data)"),
+        ("publish.inline_max_datasets", cfg.publish.inline_max_datasets >= 0, "must be >= 0 (0 = never)"),
         ("source.block_size", cfg.source.block_size >= 4096, "must be >= 4096 bytes"),
         ("source.read_threads", cfg.source.read_threads >= 1, "must be >= 1"),
         ("output.compact_markers", cfg.output.compact_markers >= 1, "must be >= 1"),

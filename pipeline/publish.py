@@ -363,7 +363,11 @@ def _check_unchanged(
 
 
 def publish_all(
-    jobs: list[PublishJob], cfg: RelabelConfig, connect: Callable[[], None], index: FleetIndex | None = None
+    jobs: list[PublishJob],
+    cfg: RelabelConfig,
+    connect: Callable[[], None],
+    index: FleetIndex | None = None,
+    in_process_max: int = 0,
 ) -> list[PublishOutcome]:
     """Publishes every dataset whose inputs changed since its last publish, one Ray task per dataset.
 
@@ -371,17 +375,34 @@ def publish_all(
     small record per dataset, and calls ``connect`` (start or join Ray) only if there is any. Before the
     first task starts, the index forgets those datasets and is saved, so a publish killed half-way is
     never taken for done. At most ``publish.max_parallel`` tasks run at once (0: as many as the cluster
-    fits, ``publish.num_cpus`` each). Outcomes come back in the order of ``jobs``; each published one is
-    put in the index (saved by the caller).
+    fits, ``publish.num_cpus`` each). When at most ``in_process_max`` datasets changed, they are
+    published one after another in this process instead, with the same function and without Ray (the
+    caller allows it for a local run that has no Ray started: a Ray start costs more than a few
+    publishes). Outcomes come back in the order of ``jobs``; each published one is put in the index
+    (saved by the caller).
     """
     outcomes = _check_unchanged(jobs, cfg, index)
     changed = [job for job in jobs if job.dataset_id not in outcomes]
+
+    def finished(job: PublishJob, outcome: PublishOutcome, done: int) -> None:
+        outcomes[job.dataset_id] = outcome
+        if index is not None and outcome.record:
+            # When the pointer was replaced, so a later night knows without asking the store.
+            record = outcome.record
+            index.put(PUBLISHED, job.dataset_id, record["digest"], record | {"published_at": time.time()})
+        log.info("publish: %s (%d/%d)", outcome.describe()[0], done, len(changed))
+
     if changed:
-        log.info("publish: %d of %d datasets changed, publishing", len(changed), len(jobs))
+        where = "in this process" if len(changed) <= in_process_max else "as Ray tasks"
+        log.info("publish: %d of %d datasets changed, publishing %s", len(changed), len(jobs), where)
         if index is not None:
             for job in changed:
                 index.drop(PUBLISHED, job.dataset_id)
             index.save()
+    if changed and len(changed) <= in_process_max:
+        for done, job in enumerate(changed, 1):
+            finished(job, publish_dataset(job, cfg), done)
+    elif changed:
         connect()
         task = ray.remote(publish_dataset).options(num_cpus=cfg.publish.num_cpus)
         limit = cfg.publish.max_parallel or len(changed)
@@ -390,22 +411,14 @@ def publish_all(
             while waiting and len(running) < limit:
                 job = waiting.pop(0)
                 running[task.remote(job, cfg)] = job
-            done, _ = ray.wait(list(running), num_returns=1)
-            for ref in done:
+            ready, _ = ray.wait(list(running), num_returns=1)
+            for ref in ready:
                 job = running.pop(ref)
                 try:
-                    outcomes[job.dataset_id] = ray.get(ref)
+                    outcome = ray.get(ref)
                 except Exception as err:  # the task itself died (worker lost, out of memory)
-                    outcomes[job.dataset_id] = _failed(job, cfg, err)
-                record = outcomes[job.dataset_id].record
-                if index is not None and record:
-                    # When the pointer was replaced, so a later night knows without asking the store.
-                    index.put(
-                        PUBLISHED, job.dataset_id, record["digest"], record | {"published_at": time.time()}
-                    )
-                finished = len(changed) - len(waiting) - len(running)
-                line = outcomes[job.dataset_id].describe()[0]
-                log.info("publish: %s (%d/%d)", line, finished, len(changed))
+                    outcome = _failed(job, cfg, err)
+                finished(job, outcome, len(changed) - len(waiting) - len(running))
     if not changed:
         log.info("publish: %d datasets, none changed", len(jobs))
     return [outcomes[job.dataset_id] for job in jobs]

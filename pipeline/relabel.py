@@ -36,14 +36,7 @@ from pipeline.reader.dataset import INFO_PATH
 from pipeline.runrecord import RunRecord, prune_run_records
 from pipeline.sinks import State, list_states, load_states, marker_count, state_uri, write_shards
 from pipeline.stages.inline import StageArgs, score_in_process
-from pipeline.stopping import (
-    RunStopped,
-    requested_stop,
-    start_ray,
-    start_ray_soon,
-    stop_on_signals,
-    wait_for_ray,
-)
+from pipeline.stopping import RunStopped, requested_stop, start_ray, stop_on_signals
 from pipeline.storage import normalize_uri, redact, with_storage_retries
 
 log = logging.getLogger(__name__)
@@ -138,31 +131,30 @@ def _address(cfg: RelabelConfig) -> str | None:
     return cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
 
 
-def _local_ray_init(cfg: RelabelConfig) -> partial:
-    """The ``ray.init`` of a local Ray for this run."""
-    return partial(
-        ray.init,
-        address="local",
-        num_cpus=cfg.ray.num_cpus,
-        object_store_memory=cfg.ray.object_store_memory,
-        _temp_dir=cfg.ray.temp_dir,
-        include_dashboard=False,
-    )
-
-
 def connect_ray(cfg: RelabelConfig) -> None:
-    """Join the cluster a job was submitted to (RAY_ADDRESS), a given address, or start a local Ray.
-
-    A local Ray already starting in the background (:func:`scores_in_process`) is waited for.
-    """
-    if wait_for_ray() or ray.is_initialized():
+    """Join the cluster a job was submitted to (RAY_ADDRESS), a given address, or start a local Ray."""
+    if ray.is_initialized():
         return
     address = _address(cfg)
     # ray.init replaces the SIGTERM handler with one that exits by SIGABRT; a run stops cleanly instead.
     if address:
         start_ray(partial(ray.init, address=address))
         return
-    start_ray(_local_ray_init(cfg))
+    start_ray(
+        partial(
+            ray.init,
+            address="local",
+            num_cpus=cfg.ray.num_cpus,
+            object_store_memory=cfg.ray.object_store_memory,
+            _temp_dir=cfg.ray.temp_dir,
+            include_dashboard=False,
+        )
+    )
+
+
+def _without_ray(cfg: RelabelConfig) -> bool:
+    """A run with no cluster to join and no Ray started yet: work done in this process needs no Ray."""
+    return _address(cfg) is None and not ray.is_initialized()
 
 
 def scores_in_process(cfg: RelabelConfig, pending: int) -> bool:
@@ -175,8 +167,7 @@ def scores_in_process(cfg: RelabelConfig, pending: int) -> bool:
     """
     return (
         0 < pending <= cfg.job.inline_max_episodes
-        and _address(cfg) is None
-        and not ray.is_initialized()
+        and _without_ray(cfg)
         and device_class(cfg.model.device) == "cpu"
     )
 
@@ -379,14 +370,13 @@ def _score(
     summaries: dict[str, DatasetSummary],
     record: RunRecord,
 ) -> ScorerPlacement:
-    """Runs the Ray Data graph over the pending rows, counting results per dataset; returns the placement.
+    """Runs the Ray Data graph over the pending rows (or, for a few on a local CPU run, the same stages in
+    this process: :func:`scores_in_process`), counting results per dataset; returns the placement.
 
     Logs a progress line every ``job.progress_interval_s`` seconds (:class:`~pipeline.progress.
     ScoringProgress`); Ray Data's own progress block is off unless ``job.log_level=DEBUG``.
     """
     if scores_in_process(cfg, len(pending)):
-        # The publish that follows needs Ray: it starts meanwhile, on the other cores.
-        start_ray_soon(_local_ray_init(cfg))
         placement = replace(
             resolve_placement(cfg.ray, cfg.model, {"CPU": float(os.cpu_count() or 1)}), in_process=True
         )
@@ -478,7 +468,12 @@ def _run_phases(
         states |= fresh
     jobs = _publish_jobs(records, roots, states, listing, cfg, chash, record.run_id)
     # Only datasets whose inputs changed since their last publish are written, one Ray task each.
-    outcomes = publish_all(jobs, cfg, connect=lambda: connect_ray(cfg), index=index)
+    # Ray is started for the publish only if it is up already or more datasets changed than a local
+    # run publishes in its own process (publish.inline_max_datasets).
+    in_process_max = cfg.publish.inline_max_datasets if _without_ray(cfg) else 0
+    outcomes = publish_all(
+        jobs, cfg, connect=lambda: connect_ray(cfg), index=index, in_process_max=in_process_max
+    )
     for outcome in outcomes:
         summaries[outcome.dataset_id].publish = outcome
     compacted = [outcome.dataset_id for outcome in outcomes if outcome.compacted]

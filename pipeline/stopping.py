@@ -104,100 +104,6 @@ def start_ray(init: Callable[[], object]) -> None:
             signal.signal(signum, _handle)
 
 
-class _BackgroundStart:
-    """A ``ray.init`` in a thread of its own while the run does other work (:func:`start_ray_soon`).
-
-    The thread lives until :func:`stop_ray` has shut Ray down: Ray starts its GCS and raylet with
-    ``PR_SET_PDEATHSIG``, which Linux ties to the thread that forked them, so they would be killed the
-    moment a starting thread ended (the publish then waits a minute for a GCS that is gone).
-    """
-
-    def __init__(self, init: Callable[[], object]) -> None:
-        self.error: BaseException | None = None
-        self.started = threading.Event()
-        self.release = threading.Event()
-        self.thread = threading.Thread(target=self._run, args=(init,), name="ray-start", daemon=True)
-
-    def _run(self, init: Callable[[], object]) -> None:
-        began = time.perf_counter()
-        log.debug("ray: starting in the background")
-        try:
-            with _quiet_thread_warning():
-                init()
-        except BaseException as err:  # handed to the main thread by wait_for_ray
-            self.error = err
-            return
-        finally:
-            self.started.set()
-        log.debug("ray: started in the background in %.2f s", time.perf_counter() - began)
-        self.release.wait()  # Ray's processes die with this thread (class docstring)
-
-
-class _NotMainThreadFilter(logging.Filter):
-    """Drops Ray's warning that a ``ray.init`` outside the main thread sets no SIGTERM handler: the run's
-    own handlers (:func:`stop_on_signals`) stay in place, which is what a background start wants."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "SIGTERM handler is not set" not in record.getMessage()
-
-
-@contextmanager
-def _quiet_thread_warning() -> Iterator[None]:
-    logger = logging.getLogger("ray._private.worker")
-    quiet = _NotMainThreadFilter()
-    logger.addFilter(quiet)
-    try:
-        yield
-    finally:
-        logger.removeFilter(quiet)
-
-
-_background: _BackgroundStart | None = None
-
-
-def start_ray_soon(init: Callable[[], object]) -> None:
-    """Starts ``init`` (a ``ray.init`` of a local Ray) in a background thread and returns at once.
-
-    For a run that will need Ray only later (to publish) and has work of its own to do first: the
-    seconds Ray takes to start overlap that work. :func:`wait_for_ray` waits for it (and raises what it
-    raised); :func:`stop_ray` waits for it before shutting Ray down, so a run stopped while Ray starts
-    leaves no Ray processes behind. Ray installs no SIGTERM handler of its own from a thread, so the
-    stop handlers of :func:`stop_on_signals` stay in place throughout.
-    """
-    global _background
-    if _background is not None:
-        return
-    _background = _BackgroundStart(init)
-    _background.thread.start()
-
-
-def wait_for_ray() -> bool:
-    """Waits for the start of :func:`start_ray_soon`, if any; False when none was started.
-
-    Raises:
-        BaseException: what the background ``ray.init`` raised (then no start is pending any more).
-    """
-    global _background
-    start = _background
-    if start is None:
-        return False
-    waited = time.perf_counter()
-    start.started.wait()
-    log.debug("ray: waited %.2f s for the background start", time.perf_counter() - waited)
-    if start.error is not None:
-        _background = None
-        raise start.error
-    return True
-
-
-def _release_background() -> None:
-    """Lets the background start's thread end (after Ray is shut down: its processes die with it)."""
-    global _background
-    if _background is not None:
-        _background.release.set()
-        _background = None
-
-
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
     """SIGTERM and SIGINT raise :class:`RunStopped` inside the block (main thread only; else a no-op).
@@ -235,10 +141,7 @@ def stop_ray() -> None:
     """
     import ray
 
-    with contextlib.suppress(BaseException):  # a failed background start has nothing to shut down
-        wait_for_ray()
     if not ray.is_initialized():
-        _release_background()
         return
     started = time.perf_counter()
     log.debug("ray: shutting down")
@@ -257,7 +160,6 @@ def stop_ray() -> None:
     except Exception as err:  # a Ray whose private API moved: the plain shutdown
         log.debug("ray: shut down without shortcuts (%s: %s)", type(err).__name__, err)
     ray.shutdown()
-    _release_background()
     _kill(workers)
     log.debug("ray: shut down in %.2f s", time.perf_counter() - started)
 

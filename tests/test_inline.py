@@ -1,11 +1,10 @@
-"""The in-process executor (``job.inline_max_episodes``) against the Ray Data graph, and the background
-Ray start it uses for the publish.
+"""The in-process executor (``job.inline_max_episodes``, ``publish.inline_max_datasets``) against the
+Ray Data graph and the publish tasks.
 
 Both executors run the same stage functions with the same arguments; these tests check what that
 promises: the same shards and markers (but for when they were written), byte-identical published
-progress, and a bad episode recorded with the same status, error and attempt. They also check which
-runs take the in-process path, and that Ray started from a thread stays up until the job stops it and
-leaves nothing behind.
+progress, and a bad episode recorded with the same status, error and attempt; and that a small local
+job starts no Ray at all. They also check which runs take the in-process path.
 """
 
 from __future__ import annotations
@@ -15,11 +14,9 @@ import math
 import os
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
-import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -79,10 +76,11 @@ def test_in_process_run_writes_what_the_ray_graph_writes(ray_session, tmp_path, 
     assert (summary.datasets[DATASET].scored, summary.datasets[DATASET].failed) == (2, 1)
 
     # The job on its own, with no Ray yet: 3 episodes <= job.inline_max_episodes, on CPU.
+    ray_temp = tmp_path / "ray-temp"  # where a local Ray would keep its session: it must stay empty
     args = [
         f"source.uris=[{source}]", f"output.uri={in_process}", f"model.path={tiny_model_dir}",
         "frames.height=64", "frames.width=64", "frames.max_frames=8", "prefixes.num=4",
-        "success.threshold=-1000", "ray.num_cpus=2",
+        "success.threshold=-1000", "ray.num_cpus=2", f"ray.temp_dir={ray_temp}",
     ]  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "jobs.relabel", *args],
@@ -94,6 +92,9 @@ def test_in_process_run_writes_what_the_ray_graph_writes(ray_session, tmp_path, 
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "in the driver's process (job.inline_max_episodes)" in done.stdout, done.stdout
+    # One dataset changed: published in the job's own process too, so Ray never started.
+    assert "publishing in this process" in done.stderr, done.stderr[-3000:]
+    assert not ray_temp.exists() or not any(ray_temp.iterdir())
     (record,) = (in_process / "_runs").glob("*.json")
     assert json.loads(record.read_text())["placement"]["in_process"] is True
 
@@ -140,78 +141,9 @@ def test_which_runs_score_in_process(monkeypatch, tmp_path):
     assert not scores_in_process(cfg, 1)
 
 
-def test_a_negative_inline_limit_is_refused(tmp_path):
+def test_negative_inline_limits_are_refused(tmp_path):
     from pipeline.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"job\.inline_max_episodes"):
-        load_config([f"source.uris=[{tmp_path}]", f"output.uri={tmp_path}/o", "job.inline_max_episodes=-1"])
-
-
-# A driver that starts a local Ray in the background, uses it well after the starting call returned,
-# lists every process of it, then ends the way jobs.relabel does. With "at-once" it ends while Ray is
-# still starting.
-_DRIVER = """
-import functools, json, sys, time
-import psutil, ray
-from jobs.relabel import configure_logging, exit_now
-from pipeline.stopping import start_ray_soon, wait_for_ray
-
-configure_logging("DEBUG")
-start_ray_soon(functools.partial(
-    ray.init, address="local", num_cpus=1, include_dashboard=False, _temp_dir=sys.argv[1]
-))
-if sys.argv[2] == "at-once":
-    exit_now(7)
-assert wait_for_ray()
-time.sleep(3)  # Ray's GCS and raylet die with the thread that forked them, if it has ended
-
-@ray.remote
-def pid():
-    import os
-    return os.getpid()
-
-family = {ray.get(pid.remote(), timeout=60)}
-for infos in ray._private.worker._global_node.all_processes.values():
-    for info in infos:
-        process = psutil.Process(info.process.pid)
-        family |= {process.pid, *(child.pid for child in process.children(recursive=True))}
-print(json.dumps(sorted(family)))
-exit_now(7)
-"""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _ray_processes_under(temp_dir: Path) -> list[int]:
-    """Processes whose command line names ``temp_dir`` (a Ray session's GCS, raylet, agents)."""
-    found = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        if any(str(temp_dir) in part for part in process.info["cmdline"] or []) and _alive(process.pid):
-            found.append(process.pid)
-    return found
-
-
-@pytest.mark.parametrize("when", ["used", "at-once"])
-def test_ray_started_in_the_background_serves_the_run_and_leaves_nothing(tmp_path_factory, when):
-    temp_dir = tmp_path_factory.mktemp("ray")  # short: Ray's socket paths must fit in 107 bytes
-    done = subprocess.run(
-        [sys.executable, "-c", _DRIVER, str(temp_dir), when],
-        cwd=PROJECT_ROOT,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 7, done.stderr[-3000:]
-    assert "SIGTERM handler is not set" not in done.stderr  # the run's own handlers stay; no noise
-    processes = json.loads(done.stdout.splitlines()[-1]) if when == "used" else []
-    assert len(processes) >= 6 or when == "at-once"  # GCS, raylet, its agents, monitor, a worker
-    deadline = time.monotonic() + 10
-    while (_ray_processes_under(temp_dir) or any(map(_alive, processes))) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not _ray_processes_under(temp_dir) and not any(map(_alive, processes))
+    for key in ("job.inline_max_episodes", "publish.inline_max_datasets"):
+        with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+            load_config([f"source.uris=[{tmp_path}]", f"output.uri={tmp_path}/o", f"{key}=-1"])
