@@ -245,7 +245,9 @@ class Source:
             self._v21_stats = {index: stats_to_numpy(rows[index]) for index in wanted if index in rows}
             found, where = set(self._v21_stats), LEGACY_EPISODES_STATS_PATH
         else:
-            files = episodes_index_files(self.fs, self.root)
+            # The files the reader just listed and opened (their footers): listing them again would cost
+            # an object store one more request.
+            files = sorted(self._footers) or episodes_index_files(self.fs, self.root)
             table = self._v30_stats(files, wanted, row_groups_with)
             if wanted - set(table["episode_index"].to_pylist()):
                 table = self._v30_stats(files, wanted, scan)  # groups out of episode order
