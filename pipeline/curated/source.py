@@ -140,8 +140,12 @@ class Source:
         self._videos: dict[str, tuple[str, ExitStack, av.container.InputContainer]] = {}
         self._data: _DataFile | None = None
         self._in_file: dict[str, set[int]] = {}
+        self._frames_in_file: dict[str, int] = {}  # rows the chosen episodes have in each data file
         for episode in self._episodes:
             self._in_file.setdefault(episode.data_path, set()).add(episode.episode_index)
+            self._frames_in_file[episode.data_path] = (
+                self._frames_in_file.get(episode.data_path, 0) + episode.length
+            )
 
     def __enter__(self) -> Source:
         return self
@@ -290,11 +294,13 @@ class Source:
     # Data rows and video packets -------------------------------------------------------------------
 
     def _data_file(self, relative: str) -> pa.Table:
-        """The rows of a data file that hold the chosen episodes in it: the row groups whose
+        """The rows of the chosen episodes in a data file, read from the row groups whose
         ``episode_index`` statistics admit one of them (LeRobot writes one row group per episode, so an
-        append reads its episodes, not the file), every row group when the file has no statistics."""
+        append reads its episodes, not the file; every row group when the file has no statistics).
+        The groups are found by a binary search, and by a scan when that finds fewer rows than the
+        episodes' lengths (a file not in episode order)."""
         wanted = self._in_file.get(relative, set())
-        expected = sum(episode.length for episode in self._episodes if episode.data_path == relative)
+        expected = self._frames_in_file.get(relative, 0)
         with touching(self.file_uri(relative)), self.fs.open(self._path(relative), "rb") as f:
             parquet = pq.ParquetFile(f)
             groups = row_groups_with(parquet.metadata, "episode_index", wanted)
