@@ -20,7 +20,7 @@ and peak memory are the publishing process's own. Prints side by side:
     tasks, progress). Files kept by a compaction's hard links are counted apart: no byte is written.
 
     python -m bench.publish_depth [--sizes 100,1000,5000] [--nights 100] [--start 10] [--length 20]
-                                  [--repeats 3]
+                                  [--frame-size 64x64] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -49,16 +49,20 @@ FPS = 10
 # Recorded by lerobot once; every larger source is a stream copy of these.
 BASE_EPISODES = 10
 CAMERAS = ("observation.images.front", "observation.images.wrist")
+# The synthetic recorder's frames: about 13 kB per 20-frame episode over both cameras, so the per-night
+# metadata weighs more against the data than with real episodes (--frame-size gives larger ones).
+DEFAULT_FRAME_SIZE = (64, 64)
 
 
 # Building sources ----------------------------------------------------------------------------------
 
 
-def base_dataset(folder: Path, length: int) -> Path:
-    """A v3.0 dataset of ``BASE_EPISODES`` episodes of ``length`` frames, recorded through lerobot."""
+def base_dataset(folder: Path, length: int, size: tuple[int, int] = DEFAULT_FRAME_SIZE) -> Path:
+    """A v3.0 dataset of ``BASE_EPISODES`` episodes of ``length`` frames of ``size`` (height, width),
+    recorded through lerobot."""
     from devkit.synth import write_v30_dataset
 
-    return write_v30_dataset(folder, lengths=[length] * BASE_EPISODES, fps=FPS)
+    return write_v30_dataset(folder, lengths=[length] * BASE_EPISODES, fps=FPS, size=size)
 
 
 def _replicate_video(base: Path, dest: Path, copies: int) -> float:
@@ -223,13 +227,16 @@ def _publish_case(spec: dict[str, Any]) -> dict[str, Any]:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current resident set (Linux >= 4.0)
     before_mb = _status_mb("VmRSS")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     outcome = publish_dataset(job, cfg)
     seconds = time.perf_counter() - started
+    # This process's CPU time too: on a shared machine the wall time follows the other tenants' load.
+    cpu_s = time.process_time() - cpu_started
     if outcome.status != "published":
         raise SystemExit(f"publish failed: {outcome.error}")
     return {
         "seconds": seconds,
+        "cpu_s": cpu_s,
         "curated_s": sum(curated_s),
         "reader_s": sum(reader_s),
         "peak_mb": _status_mb("VmHWM"),
@@ -332,6 +339,7 @@ def nights(work: Path, base: Path, start: int, count: int) -> dict[str, Any]:
     curated = output / "bench" / "nights" / CURATED_DIR
     initial = version_bytes(curated)
     written = dict.fromkeys((*KINDS, "all", "linked"), 0)
+    singles: dict[str, int] = {}  # bytes written of each single file (info.json, stats.json, ...)
     files, modes, seconds = {}, {}, []
     for number in range(1, count + 1):
         before = file_states(curated)
@@ -346,6 +354,9 @@ def nights(work: Path, base: Path, start: int, count: int) -> dict[str, Any]:
                 continue
             written["all"] += size
             written[file_kind(relative)] += size
+            if file_kind(relative) == KINDS[2]:
+                name = relative.rsplit("/", 1)[-1]
+                singles[name] = singles.get(name, 0) + size
         files[number] = len(after)
     final = version_bytes(curated)
     # The data added: how much a fresh publish of the final selection outgrows one of the first.
@@ -363,6 +374,7 @@ def nights(work: Path, base: Path, start: int, count: int) -> dict[str, Any]:
     return {
         "files": files,
         "written": written,
+        "singles": singles,
         "added": {kind: fresh_end[kind] - fresh_start[kind] for kind in fresh_end},
         "initial": initial,
         "final": final,
@@ -381,9 +393,11 @@ def _row(label: str, *cells: str) -> str:
 # (a)'s lines: label, which case (0: first publish, 1: +1), the figure, its format.
 DEPTH_ROWS = (
     ("  first publish [s]", 0, "seconds", ".2f"),
+    ("  first publish, CPU time of the process [s]", 0, "cpu_s", ".2f"),
     ("    of which write_curated_dataset [s]", 0, "curated_s", ".2f"),
     ("  first publish, peak RSS during it [MB]", 0, "peak_mb", ".0f"),
     ("  +1 episode publish [s]", 1, "seconds", ".3f"),
+    ("  +1 episode publish, CPU time [s]", 1, "cpu_s", ".3f"),
     ("    of which write_curated_dataset [s]", 1, "curated_s", ".3f"),
     ("      of which pipeline.reader [s]", 1, "reader_s", ".3f"),
     ("  +1 episode publish, peak RSS during it [MB]", 1, "peak_mb", ".0f"),
@@ -407,8 +421,11 @@ def _print_depth(results: dict[int, tuple[dict, dict]]) -> None:
         ratio = results[high][1]["seconds"] / results[low][1]["seconds"]
         curated = results[high][1]["curated_s"] / results[low][1]["curated_s"]
         memory = results[high][1]["peak_mb"] / results[low][1]["peak_mb"]
+        cpu = {case: results[high][case]["cpu_s"] / results[low][case]["cpu_s"] for case in (0, 1)}
         print(f"  first publish grows as E^{exponent:.2f} (E={low:,} -> {high:,}; target <= 1.05)")
+        print(f"    in CPU time as E^{math.log(cpu[0]) / math.log(high / low):.2f}")
         print(f"  +1 publish E={high:,} / E={low:,}: {ratio:.2f}x time (target <= 2), {memory:.2f}x peak RSS")
+        print(f"    {cpu[1]:.2f}x CPU time")
         print(f"  +1 write_curated_dataset E={high:,} / E={low:,}: {curated:.2f}x time")
         own = [results[size][1]["curated_s"] - results[size][1]["reader_s"] for size in (high, low)]
         print(
@@ -430,6 +447,13 @@ def _print_nights(result: dict[str, Any], start: int, count: int) -> None:
     print(_row("  bytes written under curated/", *(f"{written[kind]:,}" for kind in kinds)))
     print(_row("  written / added (target <= 3)", *(f"{written[kind] / added[kind]:.2f}" for kind in kinds)))
     print(_row("  written per night [bytes]", *(f"{written[kind] // count:,}" for kind in kinds)))
+    singles = ", ".join(f"{name} {size // count:,}" for name, size in sorted(result["singles"].items()))
+    print(f"  single files written per night [bytes]: {singles}")
+    print(
+        "  data added: what the new episodes add to a fresh publish (one of all "
+        f"{start + count} episodes less one of the first {start}), by kind as above; the data and videos "
+        "column is the new episodes' curated data and video bytes"
+    )
     print(_row("  bytes carried by hard link (not written)", f"{written['linked']:,}"))
     print(
         _row(
@@ -455,6 +479,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nights", type=int, default=100, help="nights of +1 episode for (b); 0 skips it")
     parser.add_argument("--start", type=int, default=10, help="episodes of the first publish in (b)")
     parser.add_argument("--length", type=int, default=20, help="frames per episode")
+    parser.add_argument(
+        "--frame-size",
+        default="64x64",
+        help="HEIGHTxWIDTH of the recorded frames (larger frames: larger episodes, same metadata)",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="+1 publishes per size in (a), fastest kept")
     parser.add_argument(
         "--episodes-per-file",
@@ -473,13 +502,17 @@ def main(argv: list[str] | None = None) -> None:
     sizes = sorted(int(size) for size in args.sizes.split(",") if size)
     work = Path(tempfile.mkdtemp(prefix="bench-depth-"))
     try:
-        base = base_dataset(work / "base" / "bench" / "base", args.length)
+        height, width = (int(side) for side in args.frame_size.lower().split("x"))
+        base = base_dataset(work / "base" / "bench" / "base", args.length, (height, width))
         results = depth(work, base, sizes, args.repeats, args.episodes_per_file) if sizes else {}
         simulated = nights(work, base, args.start, args.nights) if args.nights else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     layout = f"{args.episodes_per_file} episodes" if args.episodes_per_file else "all episodes"
-    print(f"\nbench.publish_depth: {args.length} frames/episode, {len(CAMERAS)} cameras, local disk,")
+    print(
+        f"\nbench.publish_depth: {args.length} frames/episode of {args.frame_size}, {len(CAMERAS)} cameras, "
+        "local disk,"
+    )
     print(f"source files in (a): {layout} per data file and mp4\n")
     if results:
         _print_depth(results)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from pipeline.config import CurationConfig, SuccessConfig
@@ -83,8 +84,11 @@ def decide(episodes: pa.Table, success: SuccessConfig, curation: CurationConfig)
     Returns:
         The table with the decision columns (``success_score`` float64, the others bool).
     """
-    rows = episodes.select(["status", "log_p_true", "voc", "progress"]).to_pylist()
-    decided = [decide_row(row, success, curation) for row in rows]
+    if success.window >= _SEQUENTIAL_SUM or episodes.num_rows == 0:
+        rows = episodes.select(["status", "log_p_true", "voc", "progress"]).to_pylist()
+        decided = [decide_row(row, success, curation) for row in rows]
+    else:
+        decided = _decide_columns(episodes, success, curation)
     for position, name in enumerate(DECISION_COLUMNS):
         kind = pa.float64() if name == "success_score" else pa.bool_()
         values = pa.array([row[position] for row in decided], kind)
@@ -93,3 +97,51 @@ def decide(episodes: pa.Table, success: SuccessConfig, curation: CurationConfig)
             episodes.set_column(index, name, values) if index >= 0 else episodes.append_column(name, values)
         )
     return episodes
+
+
+# numpy sums fewer than this many float64 values one after another (its pairwise summation unrolls
+# eight at a time beyond), so a window below it is summed here column by column with the same bits.
+_SEQUENTIAL_SUM = 8
+
+
+def _last_values(column: pa.ChunkedArray, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each list's last ``count`` values as float64: ``(values, ends, taken)``, where row ``i`` holds
+    ``values[ends[i] - taken[i] : ends[i]]`` (a null list holds none)."""
+    lists = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    offsets = lists.offsets.to_numpy().astype(np.int64)
+    values = lists.values.to_numpy(zero_copy_only=False).astype(np.float64)
+    lengths = np.diff(offsets)
+    if lists.null_count:
+        lengths[lists.is_null().to_numpy(zero_copy_only=False)] = 0
+    return values, offsets[1:], np.minimum(lengths, count)
+
+
+def _decide_columns(
+    episodes: pa.Table, success: SuccessConfig, curation: CurationConfig
+) -> list[tuple[float, bool, bool]]:
+    """:func:`decide_row` of every row, with the success scores and final progress taken column-wise
+    (a publish decides thousands of rows; one numpy mean per row was most of a +1 publish's cost).
+
+    The score is the window's values summed in order from 0.0 and divided by their count: what
+    :func:`pipeline.labels.success_score`'s ``mean`` computes for fewer than ``_SEQUENTIAL_SUM`` values.
+    """
+    values, ends, taken = _last_values(episodes.column("log_p_true"), success.window)
+    total = np.zeros(ends.size, dtype=np.float64)
+    for step in range(success.window):
+        adds = step < taken
+        total[adds] += values[(ends - taken + step)[adds]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scores = total / taken
+    progress, progress_ends, has_progress = _last_values(episodes.column("progress"), 1)
+    statuses = episodes.column("status").to_pylist()
+    vocs = episodes.column("voc").to_pylist()
+    decided = []
+    for row, status in enumerate(statuses):
+        scored = status == "ok" and taken[row] > 0
+        score = _number(scores[row]) if scored else None
+        succeeded = is_success(status, score, success)
+        final = float(progress[progress_ends[row] - 1]) if has_progress[row] else None
+        voc = _number(vocs[row])
+        selected = curation.enabled and scored and is_selected(status, succeeded, voc, final, curation)
+        decided.append(((math.nan if score is None else score), succeeded, bool(selected)))
+    return decided

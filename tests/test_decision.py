@@ -180,3 +180,37 @@ def test_shards_committed_with_decisions_are_still_read(tmp_path: Path):
     rows = read_rows(str(folder), committed_state(str(folder), {}).values(), {})
     assert rows.schema == SHARD_SCHEMA
     assert decide(rows, STRICT, ALL).column("selected").to_pylist() == [True]
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 5, 7, 8, 12])
+def test_decide_by_columns_equals_decide_row_bit_for_bit(window):
+    """The column-wise decision (windows below 8) gives every row the bits :func:`decide_row` gives it:
+    scores of random lengths and magnitudes, empty and null score lists, failed rows, null VOC and
+    progress; a window of 8 or more takes the row path itself."""
+    from pipeline.decision import decide_row
+
+    rng = np.random.default_rng(window)
+    rows = []
+    for number in range(400):
+        count = int(rng.integers(0, 12))
+        raw = (rng.standard_normal(count) * 10.0 ** rng.integers(-3, 4)).tolist()
+        rows.append(
+            {
+                "status": "failed" if number % 17 == 0 else "ok",
+                "log_p_true": None if number % 23 == 0 else raw,
+                "voc": None if number % 11 == 0 else float(rng.uniform(-1, 1)),
+                "progress": None if number % 13 == 0 else rng.uniform(0, 1, int(rng.integers(0, 4))).tolist(),
+            }
+        )
+    table = _table(*rows)
+    success = SuccessConfig(window=window, threshold=float(rng.uniform(-1, 1)))
+    curation = CurationConfig(min_voc=0.0, min_final_progress=0.5)
+    out = decide(table, success, curation)
+    for row, got in zip(
+        table.to_pylist(),
+        zip(*(out.column(n).to_pylist() for n in DECISION_COLUMNS), strict=True),
+        strict=True,
+    ):
+        want = decide_row(row, success, curation)
+        assert got[1:] == want[1:]
+        assert np.array([got[0]]).tobytes() == np.array([want[0]]).tobytes(), (row, got, want)

@@ -15,6 +15,7 @@ import copy
 import json
 import math
 import posixpath
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import cached_property
@@ -45,10 +46,13 @@ from pipeline.reader import (
     read_dataset,
 )
 from pipeline.reader.dataset import episodes_index_files
+from pipeline.reader.rowgroups import row_groups_with, scan
 from pipeline.storage import filesystem_for, join_uri
 
 __all__ = ["CurationError", "Source", "SourceEpisode", "row_stats"]
 
+# Picks the row groups of a parquet file that hold the wanted values of a column (pipeline.reader.rowgroups).
+_Select = Callable[[pq.FileMetaData, str, set[int]], list[int]]
 # Source stats are unpacked from their columns this many episodes at a time.
 _STATS_CHUNK = 256
 
@@ -113,8 +117,18 @@ class Source:
         """
         self.uri = uri
         self.fs, self.root = filesystem_for(uri, storage_options)
+        self._footers: dict[str, pq.FileMetaData] = {}
         try:
-            self._meta = read_dataset(uri, storage_options, all_cameras=True, episodes=episodes)
+            # Only the index rows of the chosen episodes (the catalog read and checked the whole index),
+            # each footer parsed once for the reader's columns and the stats.
+            self._meta = read_dataset(
+                uri,
+                storage_options,
+                all_cameras=True,
+                episodes=episodes,
+                partial_index=True,
+                footers=self._footers,
+            )
         except MetadataError as err:
             raise CurationError(str(err)) from err
         # info.json, on a copy: the reader's record stays as it was read.
@@ -126,8 +140,12 @@ class Source:
         self._videos: dict[str, tuple[str, ExitStack, av.container.InputContainer]] = {}
         self._data: _DataFile | None = None
         self._in_file: dict[str, set[int]] = {}
+        self._frames_in_file: dict[str, int] = {}  # rows the chosen episodes have in each data file
         for episode in self._episodes:
             self._in_file.setdefault(episode.data_path, set()).add(episode.episode_index)
+            self._frames_in_file[episode.data_path] = (
+                self._frames_in_file.get(episode.data_path, 0) + episode.length
+            )
 
     def __enter__(self) -> Source:
         return self
@@ -231,10 +249,13 @@ class Source:
             self._v21_stats = {index: stats_to_numpy(rows[index]) for index in wanted if index in rows}
             found, where = set(self._v21_stats), LEGACY_EPISODES_STATS_PATH
         else:
-            files = episodes_index_files(self.fs, self.root)
-            tables = [table for table in (self._v30_stats(name, wanted) for name in files) if table.num_rows]
-            table = pa.concat_tables(tables, promote_options="default") if tables else None
-            found = set(table["episode_index"].to_pylist()) if table is not None else set()
+            # The files the reader just listed and opened (their footers): listing them again would cost
+            # an object store one more request.
+            files = sorted(self._footers) or episodes_index_files(self.fs, self.root)
+            table = self._v30_stats(files, wanted, row_groups_with)
+            if wanted - set(table["episode_index"].to_pylist()):
+                table = self._v30_stats(files, wanted, scan)  # groups out of episode order
+            found = set(table["episode_index"].to_pylist())
             if found:
                 # In the order episodes are visited (the order they were given): chunks follow the copy.
                 position = {episode.episode_index: i for i, episode in enumerate(self._episodes)}
@@ -247,39 +268,48 @@ class Source:
         if missing:
             raise CurationError(f"{self.file_uri(where)}: no stats for episodes {missing}")
 
-    def _v30_stats(self, relative: str, wanted: set[int]) -> pa.Table:
-        """The ``episode_index`` and ``stats/*`` columns of one episodes index file, for its rows of
-        ``wanted`` episodes.
+    def _v30_stats(self, files: list[str], wanted: set[int], select: _Select) -> pa.Table:
+        """The ``episode_index`` and ``stats/*`` columns of the episodes index files' rows of ``wanted``
+        episodes.
 
-        Only the row groups that can hold a wanted episode are read (LeRobot writes a few episodes per
-        row group, with min/max statistics): publishing one new episode reads its stats, not every one.
+        Only the row groups ``select`` finds for them are read (LeRobot writes a few episodes per row
+        group, with min/max statistics): publishing one new episode reads its stats, not every one.
         """
-        with touching(self.file_uri(relative)), self.fs.open(self._path(relative), "rb") as f:
-            parquet = pq.ParquetFile(f)
-            # In the file's column order: the stats keep it into the curated episodes index.
-            columns = [name for name in parquet.schema_arrow.names if name.startswith("stats/")]
-            groups = _row_groups_with(parquet, "episode_index", wanted)
-            if not groups:
-                return pa.table({"episode_index": pa.array([], pa.int64())})
-            table = parquet.read_row_groups(groups, columns=["episode_index", *columns])
+        tables = []
+        for relative in files:
+            with touching(self.file_uri(relative)), self.fs.open(self._path(relative), "rb") as f:
+                parquet = pq.ParquetFile(f, metadata=self._footers.get(relative))
+                self._footers[relative] = parquet.metadata
+                # In the file's column order: the stats keep it into the curated episodes index.
+                columns = [name for name in parquet.schema_arrow.names if name.startswith("stats/")]
+                groups = select(parquet.metadata, "episode_index", wanted)
+                if groups:
+                    tables.append(parquet.read_row_groups(groups, columns=["episode_index", *columns]))
+        if not tables:
+            return pa.table({"episode_index": pa.array([], pa.int64())})
+        table = pa.concat_tables(tables, promote_options="default")
         chosen = pa.array(sorted(wanted), pa.int64())
         return table.filter(pc.is_in(table["episode_index"], value_set=chosen))
 
     # Data rows and video packets -------------------------------------------------------------------
 
     def _data_file(self, relative: str) -> pa.Table:
-        """The rows of a data file that hold the chosen episodes in it: the row groups whose
+        """The rows of the chosen episodes in a data file, read from the row groups whose
         ``episode_index`` statistics admit one of them (LeRobot writes one row group per episode, so an
-        append reads its episodes, not the file), every row group when the file has no statistics."""
+        append reads its episodes, not the file; every row group when the file has no statistics).
+        The groups are found by a binary search, and by a scan when that finds fewer rows than the
+        episodes' lengths (a file not in episode order)."""
         wanted = self._in_file.get(relative, set())
+        expected = self._frames_in_file.get(relative, 0)
         with touching(self.file_uri(relative)), self.fs.open(self._path(relative), "rb") as f:
             parquet = pq.ParquetFile(f)
-            groups = _row_groups_with(parquet, "episode_index", wanted)
-            if not groups:
-                return parquet.schema_arrow.empty_table()
+            groups = row_groups_with(parquet.metadata, "episode_index", wanted)
+            rows = _episodes_rows(parquet, groups, wanted)
+            if rows.num_rows < expected:  # groups out of episode order: a scan finds them all
+                rows = _episodes_rows(parquet, scan(parquet.metadata, "episode_index", wanted), wanted)
             # One chunk, not one per row group: slicing a table of thousands of chunks costs a walk
             # over them every time.
-            return parquet.read_row_groups(groups).combine_chunks()
+            return rows.combine_chunks()
 
     def data_rows(self, episode: SourceEpisode) -> pa.Table:
         """The episode's rows of its data file, unchanged."""
@@ -344,27 +374,12 @@ class Source:
         return stream, packets
 
 
-def _row_groups_with(parquet: pq.ParquetFile, column: str, wanted: set[int]) -> list[int]:
-    """The row groups whose ``column`` statistics do not rule out every ``wanted`` value (all of them
-    when a group has no statistics)."""
-    metadata = parquet.metadata
-    if metadata.num_row_groups == 0:
-        return []
-    first = metadata.row_group(0)
-    position = next((i for i in range(first.num_columns) if first.column(i).path_in_schema == column), None)
-    if position is None:
-        return list(range(metadata.num_row_groups))
-    values = np.array(sorted(wanted), dtype=np.int64)
-    groups = []
-    for group in range(metadata.num_row_groups):
-        stats = metadata.row_group(group).column(position).statistics
-        if stats is None or not stats.has_min_max:
-            groups.append(group)
-            continue
-        first = np.searchsorted(values, stats.min)
-        if first < values.size and values[first] <= stats.max:
-            groups.append(group)
-    return groups
+def _episodes_rows(parquet: pq.ParquetFile, groups: list[int], wanted: set[int]) -> pa.Table:
+    """The rows of ``groups`` whose ``episode_index`` is wanted."""
+    if not groups:
+        return parquet.schema_arrow.empty_table()
+    table = parquet.read_row_groups(groups)
+    return table.filter(pc.is_in(table["episode_index"], value_set=pa.array(sorted(wanted), pa.int64())))
 
 
 def _chosen(meta: DatasetMeta, indices: list[int]) -> list[SourceEpisode]:

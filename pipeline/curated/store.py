@@ -56,6 +56,9 @@ SOURCE_EPISODE = "topreward/source_episode_index"
 SOURCE_FINGERPRINT = "topreward/source_fingerprint"
 RUN = "topreward/run"
 RUN_LEVEL = "topreward/run_level"
+# (chunk, file) indices as one integer, chunk * _FILE_KEY + file: file indices stay below chunks_size,
+# far below this.
+_FILE_KEY = 1 << 32
 # Files that are replaced in place (one atomic step each) rather than added under fresh names.
 SINGLE_FILES = (INFO_PATH, STATS_PATH, DEFAULT_TASKS_PATH, PROGRESS_FILE)
 # The episodes index columns an append reads back: what the version holds and where, never the stats.
@@ -205,13 +208,12 @@ class Committed:
 
     def _files(self, kind: str, stop: int | None = None, start: int = 0) -> list[FileIndex]:
         """The distinct ``(chunk, file)`` of one kind of file that episodes ``start`` to ``stop`` are in."""
-        pairs = np.stack(
-            [
-                self.column(f"{kind}/chunk_index", stop)[start:],
-                self.column(f"{kind}/file_index", stop)[start:],
-            ]
-        )
-        return [(int(chunk), int(file)) for chunk, file in np.unique(pairs, axis=1).T]
+        chunks = self.column(f"{kind}/chunk_index", stop)[start:]
+        files = self.column(f"{kind}/file_index", stop)[start:]
+        # One integer per (chunk, file), in the same order: a 1-D unique is a fraction of a 2-D one's
+        # cost, which an append paid several times over every episode of the version.
+        keys = np.unique(chunks.astype(np.int64) * _FILE_KEY + files.astype(np.int64))
+        return [(int(key // _FILE_KEY), int(key % _FILE_KEY)) for key in keys]
 
     def referenced(self, stop: int | None = None) -> set[str]:
         """Every data, video and episodes file its (first ``stop``) episodes point at."""

@@ -219,8 +219,12 @@ def stored(stats: dict[str, Any]) -> Stats:
 
 
 def stats_json(stats: Stats) -> bytes:
-    """``meta/stats.json``: keys sorted, so equal stats give equal bytes."""
-    return json.dumps(serialize_stats(stats), indent=4, sort_keys=True).encode()
+    """``meta/stats.json``: keys sorted, so equal stats give equal bytes, and without indentation.
+
+    LeRobot writes it indented (``write_json``) and reads it with ``json.load``, which takes either: an
+    append rewrites this file every night, and the indentation of the nested per-channel lists was two
+    thirds of its bytes (12.6 kB -> 4.3 kB for a two-camera dataset)."""
+    return json.dumps(serialize_stats(stats), sort_keys=True, separators=(",", ":")).encode()
 
 
 def _quantile(cumulative: np.ndarray, edges: np.ndarray, target: float) -> float:

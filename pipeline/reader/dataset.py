@@ -32,7 +32,7 @@ import json
 import logging
 import math
 import posixpath
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
 from pipeline.reader.listing import object_identity
+from pipeline.reader.rowgroups import row_groups_with, scan
 from pipeline.storage import filesystem_for, join_uri, list_files, normalize_uri, redact
 
 log = logging.getLogger(__name__)
@@ -246,6 +247,8 @@ def read_dataset(
     all_cameras: bool = False,
     episodes: Collection[int] | None = None,
     listing: Mapping[str, Mapping[str, Any]] | None = None,
+    partial_index: bool = False,
+    footers: dict[str, pq.FileMetaData] | None = None,
 ) -> DatasetMeta:
     """Reads one dataset root's metadata (v3.0 or v2.1), with literal listings only.
 
@@ -258,6 +261,13 @@ def read_dataset(
         listing: Every file under the root (path relative to it -> its listing entry) from a listing the
             caller already made (the catalog lists a whole source prefix at once); ``None``: the folders
             needed are listed here. Either way ``meta/info.json`` and the episodes index are read.
+        partial_index: With ``episodes`` (v3.0): read only the episodes index row groups that hold
+            them (:func:`pipeline.reader.rowgroups.row_groups_with`), not the whole index, and check the
+            order of the index ranges among those rows alone. For a caller that needs a few episodes of
+            a dataset the catalog has read and checked whole (publishing one more episode of thousands).
+        footers: Parsed parquet footers of the episodes index files by path relative to the root: used
+            when present, added when parsed, so that a caller reading other columns of the same files
+            (the curated-set builder's stats) parses each footer once.
 
     Returns:
         The dataset's metadata; episodes that cannot be used carry their ``error``.
@@ -280,7 +290,8 @@ def read_dataset(
         info = json.load(f)
     version = str(info.get("codebase_version", "")) if isinstance(info, dict) else ""
     try:
-        return _read(source, dataset_id, info, version, camera, all_cameras, episodes)
+        partial = partial_index and episodes is not None
+        return _read(source, dataset_id, info, version, camera, all_cameras, episodes, (partial, footers))
     except MetadataError as err:
         err.codebase_version = version
         raise
@@ -294,6 +305,7 @@ def _read(
     camera: str | None,
     all_cameras: bool,
     episodes: Collection[int] | None,
+    index_reading: tuple[bool, dict[str, pq.FileMetaData] | None],
 ) -> DatasetMeta:
     info_uri = source.uri(INFO_PATH)
     if version not in SUPPORTED_VERSIONS:
@@ -320,7 +332,7 @@ def _read(
     # Listed before any data file is read (see the module docstring).
     identities = _identities(source, _listing_prefixes(templates, cameras, version))
     if version == V30:
-        found, errors = _v30_episodes(source, meta, identities, wanted), []
+        found, errors = _v30_episodes(source, meta, identities, wanted, index_reading), []
     else:
         found, errors = _v21_episodes(source, meta, identities, wanted)
     ordered = tuple(sorted(found, key=lambda episode: episode.episode_index))
@@ -438,8 +450,14 @@ def _v30_index_files(source: _Source) -> list[str]:
     return files
 
 
-def _v30_rows(source: _Source, cameras: tuple[str, ...]) -> list[tuple[str, dict[str, Any]]]:
-    """Every row of the episodes index, with the file it came from."""
+def _v30_rows(
+    source: _Source,
+    cameras: tuple[str, ...],
+    wanted: set[int] | None,
+    index_reading: tuple[bool, dict[str, pq.FileMetaData] | None],
+) -> list[tuple[str, dict[str, Any]]]:
+    """The rows of the episodes index, with the file each came from: every row, or with a partial read
+    (``index_reading[0]``) the rows of the row groups that hold the ``wanted`` episodes."""
     columns = [
         "episode_index", "tasks", "length", "dataset_from_index", "dataset_to_index",
         "data/chunk_index", "data/file_index",
@@ -447,18 +465,51 @@ def _v30_rows(source: _Source, cameras: tuple[str, ...]) -> list[tuple[str, dict
     for camera in cameras:
         columns += [f"videos/{camera}/{name}" for name in ("chunk_index", "file_index")]
         columns += [f"videos/{camera}/{name}" for name in ("from_timestamp", "to_timestamp")]
+    partial, footers = index_reading
+    files = _v30_index_files(source)
+    if not partial or wanted is None:
+        return _index_rows(source, files, columns, footers, None)
+    rows = _index_rows(source, files, columns, footers, row_groups_with, wanted)
+    if wanted - {row["episode_index"] for _, row in rows}:
+        # The search assumes groups in episode order; a file that is not finds its episodes by a scan.
+        rows = _index_rows(source, files, columns, footers, scan, wanted)
+    return [(relative, row) for relative, row in rows if row["episode_index"] in wanted]
+
+
+def _index_rows(
+    source: _Source,
+    files: list[str],
+    columns: list[str],
+    footers: dict[str, pq.FileMetaData] | None,
+    select: Callable[[pq.FileMetaData, str, set[int]], list[int]] | None,
+    wanted: set[int] | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
+    """The ``columns`` of the index files' rows: all of them (``select`` None) or those of the row
+    groups ``select(footer, "episode_index", wanted)`` names."""
     rows = []
-    for relative in _v30_index_files(source):
+    for relative in files:
         with source.reading(relative), source.fs.open(source.path(relative), "rb") as f:
-            table = pq.ParquetFile(f).read(columns=columns)
-        rows.extend((relative, row) for row in table.to_pylist())
+            parquet = pq.ParquetFile(f, metadata=footers.get(relative) if footers is not None else None)
+            if footers is not None:
+                footers[relative] = parquet.metadata
+            if select is None:
+                table = parquet.read(columns=columns)
+            else:
+                groups = select(parquet.metadata, "episode_index", wanted)
+                table = parquet.read_row_groups(groups, columns=columns) if groups else None
+        if table is not None:
+            rows.extend((relative, row) for row in table.to_pylist())
     return rows
 
 
 def _v30_episodes(
-    source: _Source, meta: DatasetMeta, identities: dict[str, str], wanted: set[int] | None
+    source: _Source,
+    meta: DatasetMeta,
+    identities: dict[str, str],
+    wanted: set[int] | None,
+    index_reading: tuple[bool, dict[str, pq.FileMetaData] | None],
 ) -> list[SourceEpisode]:
-    rows = _v30_rows(source, meta.cameras)
+    rows = _v30_rows(source, meta.cameras, wanted, index_reading)
     with source.reading(EPISODES_DIR):
         ranges = [
             (int(row["episode_index"]), int(row["dataset_from_index"]), int(row["dataset_to_index"]), rel)
