@@ -49,16 +49,18 @@ label-and-commit task's worker 1 s. ``ray.init`` options (``log_to_driver=False`
 ``enable_worker_prestart=False``) made no difference beyond the noise (3 runs each, load 2.5-3). On that
 path the floor is about 11 s, so a local CPU run with a few episodes scores them in its own process
 (``job.inline_max_episodes``, :mod:`pipeline.stages.inline`: the same stage functions) and publishes a
-few changed datasets there too (``publish.inline_max_datasets``): such a job starts no Ray at all. At
-load 15-35 (another test suite running on the 2 cores), median of 3::
+few changed datasets there too (``publish.inline_max_datasets``): such a job starts no Ray at all.
+Median of 3 at load 2-3 (d9a1d9e), and at load 15-35 (another test suite running on the 2 cores)::
 
-                  first    +1     no-op
-    wall          9.25     9.94   1.32
-    imports       1.29     1.08   0.88
-    plan          0.04     0.31   0.30
-    scoring       7.76     6.71   (torch and transformers imported, model loaded, 1 episode scored)
-    publish       0.07     0.05
-    each wall: first 12.6, 9.3, 7.7; +1 11.0, 9.9, 7.8; no-op 3.5, 1.3, 1.2
+                  load 2-3                load 15-35
+                  first    +1     no-op   first    +1     no-op
+    wall          7.25     7.44   1.53    9.25     9.94   1.32
+    imports       1.05     1.12   1.10    1.29     1.08   0.88
+    plan          0.03     0.35   0.39    0.04     0.31   0.30
+    scoring       5.97     5.85           7.76     6.71   (torch and transformers imported, model
+    publish       0.08     0.06           0.07     0.05    loaded, 1 episode scored)
+    exit          0.09     0.10   0.04    0.09     0.08   0.02
+    each wall (load 2-3): first 6.1, 7.7, 7.2; +1 7.1, 7.4, 8.4; no-op 1.4, 1.5, 1.8
 
 ``--repeat`` runs the three-run sequence that many times (fresh folders each) and prints each part's
 median; with ``--log-level INFO`` only the wall times mean anything (the marks are DEBUG lines).
