@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,19 @@ def _status_mb(field: str) -> float:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
+def _timed(fn: Callable[..., Any], seconds: list[float]) -> Callable[..., Any]:
+    """``fn`` that appends the wall time of each call to ``seconds``."""
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        begun = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - begun)
+
+    return timed
+
+
 def _publish_case(spec: dict[str, Any]) -> dict[str, Any]:
     """Commits labels for ``spec['episodes']`` and publishes (the Ray task's body) in this process."""
     started = time.perf_counter()
@@ -200,29 +214,11 @@ def _publish_case(spec: dict[str, Any]) -> dict[str, Any]:
     commit_scores(root, "bench/depth", output, dict.fromkeys(spec["episodes"], 0.0), lengths_of(root), {})
     cfg = load_config([f"output.uri={output}", "model.path=fake/vlm", "success.threshold=-1", *spec["extra"]])
     job = job_for(root, "bench/depth", output, {})
-    curated_s = []
-    write = publish_module.write_curated_dataset
-
-    def timed(*args: Any, **kwargs: Any) -> Any:  # the curated part of the publish, timed on its own
-        begun = time.perf_counter()
-        try:
-            return write(*args, **kwargs)
-        finally:
-            curated_s.append(time.perf_counter() - begun)
-
-    publish_module.write_curated_dataset = timed
-    # The shared reader's part of it (pipeline.reader: the source's whole episodes index, not curation's).
-    reader_s = []
-    read_dataset = source_module.read_dataset
-
-    def timed_reader(*args: Any, **kwargs: Any) -> Any:
-        begun = time.perf_counter()
-        try:
-            return read_dataset(*args, **kwargs)
-        finally:
-            reader_s.append(time.perf_counter() - begun)
-
-    source_module.read_dataset = timed_reader
+    # The curated part of the publish, and the shared reader's part of that (pipeline.reader: the
+    # source's episodes index, not curation's), each timed on its own.
+    curated_s, reader_s = [], []
+    publish_module.write_curated_dataset = _timed(publish_module.write_curated_dataset, curated_s)
+    source_module.read_dataset = _timed(source_module.read_dataset, reader_s)
     # The peak from here on is the publish's own: not the imports', not the fake labels' set-up.
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current resident set (Linux >= 4.0)
