@@ -61,7 +61,7 @@ from pipeline.reader import (
     dataset_id_for,
     read_dataset,
 )
-from pipeline.storage import filesystem_for, join_uri, list_files, normalize_uri
+from pipeline.storage import filesystem_for, forget_listings, join_uri, list_files, normalize_uri
 
 __all__ = ["MAX_DISCOVERY_DEPTH", "EpisodeRecord", "dataset_id_for", "list_episodes"]
 
@@ -246,9 +246,8 @@ def _dataset_roots(
     names the reason).
     """
     base = path.rstrip("/")
-    # A long-lived driver must see what changed since its last listing. The whole listing cache goes:
-    # invalidating a path keeps its sub-folders' cached entries, whose old ETags then fail the reads.
-    fs.invalidate_cache()
+    # A long-lived driver must see what changed since its last listing.
+    forget_listings(fs, base)
     try:
         files = list_files(fs, base)
     except Exception as err:  # any listing failure is reported on the row, not raised

@@ -216,6 +216,21 @@ def with_storage_retries(cfg: Any) -> Any:
     return replace(cfg, source=source, output=output)
 
 
+def forget_listings(fs: AbstractFileSystem, path: str) -> None:
+    """Drops every listing ``fs`` has cached at, above or below ``path`` (a path as ``fs`` understands it).
+
+    fsspec keeps one filesystem instance per thread and set of options, listings cached in it, and a
+    thread pool's new thread can be handed a finished thread's instance. ``invalidate_cache(path)`` keeps
+    the sub-folders' entries, and s3fs opens a file with the ETag its cache holds, so a file rewritten
+    since an earlier listing would be refused by the store (``FileExpired``) instead of read as it is now.
+    """
+    base = path.rstrip("/")
+    fs.invalidate_cache(base)  # the path itself and its parents
+    inside = f"{base}/"
+    for key in [key for key in list(fs.dircache) if key.startswith(inside)]:
+        fs.dircache.pop(key, None)
+
+
 def list_files(fs: AbstractFileSystem, folder: str, maxdepth: int | None = None) -> dict[str, dict[str, Any]]:
     """Every file below ``folder``, by its path relative to ``folder``, with its listing entry.
 

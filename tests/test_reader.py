@@ -18,7 +18,7 @@ from pipeline.reader import (
 )
 from pipeline.reader.dataset import episodes_index_files
 from pipeline.storage import filesystem_for, list_files, list_folder, read_json_files
-from tests.conftest import PROJECT_ROOT, SYNTH_FPS, SYNTH_LENGTHS
+from tests.conftest import BUCKET, PROJECT_ROOT, SYNTH_FPS, SYNTH_LENGTHS
 
 FRONT, WRIST = DEFAULT_CAMERAS
 
@@ -183,3 +183,26 @@ def test_episodes_index_files_are_listed_literally(tmp_path):
     fs, base = filesystem_for(str(tmp_path), {})
     assert episodes_index_files(fs, f"{base}/pick[1]/") == ["meta/episodes/chunk-000/file-000.parquet"]
     assert episodes_index_files(fs, f"{base}/nowhere") == []
+
+
+def test_a_file_rewritten_since_this_threads_last_listing_is_read_as_it_is_now(s3, s3_options, synth_dir):
+    """fsspec keeps one filesystem per thread, with its listings cached: a pool thread reading a dataset
+    must not open a file by an ETag its filesystem cached before the file was rewritten (S3 then answers
+    412 and the dataset would fail with ``FileExpired``)."""
+    import boto3
+
+    from pipeline.storage import upload_dataset
+
+    root = f"s3://{BUCKET}/stale-listing/v30"
+    upload_dataset(synth_dir / "v30", s3, root)
+    fs, path = filesystem_for(root, s3_options)
+    list_files(fs, path)  # what an earlier night's read left in this thread's filesystem
+    info = json.loads((synth_dir / "v30" / "meta" / "info.json").read_text())
+    info["robot_type"] = "rewritten"  # as a recorder rewrites info.json when it adds an episode
+    client = boto3.client("s3", endpoint_url=s3_options["endpoint_url"])  # not through that filesystem
+    client.put_object(Bucket=BUCKET, Key="stale-listing/v30/meta/info.json", Body=json.dumps(info).encode())
+
+    fresh = filesystem_for(root, {**s3_options, "skip_instance_cache": True})[0]  # the catalog's listing
+    for listing in (None, list_files(fresh, path)):
+        meta = read_dataset(root, s3_options, listing=listing)
+        assert meta.info["robot_type"] == "rewritten" and not meta.errors

@@ -43,7 +43,7 @@ from fsspec import AbstractFileSystem
 
 from pipeline.reader.listing import object_identity
 from pipeline.reader.rowgroups import row_groups_with, scan
-from pipeline.storage import filesystem_for, join_uri, list_files, normalize_uri, redact
+from pipeline.storage import filesystem_for, forget_listings, join_uri, list_files, normalize_uri, redact
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,6 @@ class _Source:
         """Files below the folder ``prefix`` (relative to the root), by path relative to ``prefix``."""
         if self.listing is None:
             folder = self.path(prefix)
-            self.fs.invalidate_cache(folder)  # a long-lived driver must see objects rewritten since
             return list_files(self.fs, folder)
         start = f"{prefix.rstrip('/')}/" if prefix else ""
         return {rel[len(start) :]: info for rel, info in self.listing.items() if rel.startswith(start)}
@@ -285,6 +284,9 @@ def read_dataset(
         raise MetadataError(root, _ID_REASON) from None
     options = dict(storage_options or {})
     fs, root_path = filesystem_for(root, options)
+    # A long-lived driver, or a pool thread handed a finished thread's filesystem, must see the objects
+    # as they are now, not as this filesystem last listed them.
+    forget_listings(fs, root_path)
     source = _Source(fs, root, root_path.rstrip("/"), options, listing)
     with source.reading(INFO_PATH), fs.open(source.path(INFO_PATH), "rb") as f:
         info = json.load(f)
