@@ -240,3 +240,19 @@ def test_plan_cache_is_bounded_in_bytes(tiny_model_dir):
         np.testing.assert_allclose(fast.log_p_true, slow.log_p_true, rtol=0, atol=TOL)
         assert len(scorer.cached.plans) == 1
     assert next(iter(scorer.cached.plans.values())).nbytes > 0
+
+
+def test_read_only_frames_score_the_same_without_a_warning(qwen3_scorer):
+    """Frames that arrive through Ray's object store are read-only: scored as a writable copy would be,
+    with no PyTorch warning in the actor's log."""
+    import warnings
+
+    clip = _episode(37, 4, size=64)
+    frozen = clip.frames.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_only = qwen3_scorer.score(
+            EpisodeClip(frozen, clip.raw_indices, clip.raw_fps, clip.num_raw, clip.prefix_ends), TASK
+        )
+    np.testing.assert_array_equal(read_only.log_p_true, qwen3_scorer.score(clip, TASK).log_p_true)

@@ -26,6 +26,7 @@ and a middle prefix; otherwise (Qwen2.5-VL) each comes from ``get_rope_index`` a
 from __future__ import annotations
 
 import time
+import warnings
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -290,11 +291,16 @@ class CachedScorer:
         return tokens, layout
 
     def _frames_to_device(self, frames: np.ndarray) -> torch.Tensor:
-        host = torch.from_numpy(np.ascontiguousarray(frames))
+        frames = np.ascontiguousarray(frames)
         if self.loaded.device.type == "cuda":
+            with warnings.catch_warnings():
+                # Frames from Ray's object store are read-only; this tensor is only read, into a copy.
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                host = torch.from_numpy(frames)
             # Page-locked memory lets the copy run asynchronously with the host's next steps.
             return host.pin_memory().to(self.loaded.device, non_blocking=True)
-        return host
+        # On the CPU the tensor is the model's input itself: never a view of read-only memory.
+        return torch.from_numpy(frames if frames.flags.writeable else frames.copy())
 
     @torch.inference_mode()
     def __call__(
