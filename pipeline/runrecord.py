@@ -39,6 +39,7 @@ from pipeline.layout import REPORT_DIR, RUNS_DIR, STATE_DIR, DatasetLayout, Outp
 from pipeline.storage import (
     _SECRET_MARKERS,
     filesystem_for,
+    forget_listings,
     join_uri,
     list_folder,
     read_json_files,
@@ -303,7 +304,7 @@ def _prune(
     layout = OutputLayout(output_uri)
     fs, folder = filesystem_for(layout.runs, options)
     folder = folder.rstrip("/")
-    fs.invalidate_cache(folder)
+    forget_listings(fs, folder)
     run_ids = sorted(
         found.group(1)
         for entry in list_folder(fs, folder)
@@ -375,7 +376,7 @@ def _dataset_ids(fs: Any, output_uri: str, options: Mapping[str, Any]) -> set[st
     """Every ``<robot>/<task>`` folder of the output (one listing of the root, one per robot folder)."""
     _, root = filesystem_for(output_uri, options)
     root = root.rstrip("/")
-    fs.invalidate_cache(root)
+    forget_listings(fs, root)
     found = set()
     for robot in list_folder(fs, root):
         name = posixpath.basename(robot["name"])

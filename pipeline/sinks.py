@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from pipeline.atomic import TEMP_SUFFIX, parquet_bytes, write_bytes
 from pipeline.fleetindex import STATE, FleetIndex, listing_digest
 from pipeline.layout import DATASET_ID_PARTS, OutputLayout
-from pipeline.storage import filesystem_for, join_uri, list_files, list_folder, redact
+from pipeline.storage import filesystem_for, forget_listings, join_uri, list_files, list_folder, redact
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def _state_files(
     folder = folder.rstrip("/")
     if listed is not None:
         return fs, folder, sorted(listed)
-    fs.invalidate_cache(folder)
+    forget_listings(fs, folder)
     names = [
         posixpath.basename(entry["name"]) for entry in list_folder(fs, folder) if entry["type"] == "file"
     ]
@@ -274,7 +274,7 @@ def list_states(output_uri: str, config_hash: str, storage_options: dict[str, An
     """
     fs, folder = filesystem_for(OutputLayout(output_uri).states(config_hash), storage_options)
     folder = folder.rstrip("/")
-    fs.invalidate_cache()  # all of it: invalidating a path keeps its sub-folders' cached entries
+    forget_listings(fs, folder)
     states: dict[str, dict] = {}
     for relative, info in list_files(fs, folder).items():
         *dataset, name = relative.split("/")

@@ -290,7 +290,7 @@ def read_json_files(folder_uri: str, suffix: str, storage_options: Mapping[str, 
     """
     fs, folder = filesystem_for(folder_uri, storage_options)
     folder = folder.rstrip("/")
-    fs.invalidate_cache(folder)
+    forget_listings(fs, folder)
     found = []
     for entry in list_folder(fs, folder):
         if entry["type"] != "file" or not posixpath.basename(entry["name"]).endswith(suffix):

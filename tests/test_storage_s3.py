@@ -88,3 +88,23 @@ def test_storage_attempts_counts_every_request_botocore_makes():
     finally:
         server.shutdown()
     assert len(seen) == 3
+
+
+def test_forget_listings_drops_the_cached_sub_folders_too(s3_options):
+    """What a long-lived process listed before (a report, run-record pruning, the reader) is listed again:
+    ``invalidate_cache(folder)`` alone would keep the sub-folders' cached listings and miss new objects."""
+    import boto3
+
+    from pipeline.storage import filesystem_for, forget_listings, list_files
+
+    fs, root = filesystem_for(f"s3://{BUCKET}/forget", s3_options)
+    client = boto3.client("s3", endpoint_url=s3_options["endpoint_url"])  # writes past fs's cache
+    client.put_object(Bucket=BUCKET, Key="forget/robot0/task0/episodes.parquet", Body=b"1")
+    assert fs.ls(f"{root}/robot0") == [f"{root}/robot0/task0"]  # cached now
+    assert fs.ls(f"{root}/robot0/task0") == [f"{root}/robot0/task0/episodes.parquet"]
+    client.put_object(Bucket=BUCKET, Key="forget/robot0/task1/episodes.parquet", Body=b"2")
+    fs.invalidate_cache(root)
+    assert fs.ls(f"{root}/robot0") == [f"{root}/robot0/task0"]  # the stale listing fsspec keeps
+    forget_listings(fs, root)
+    assert fs.ls(f"{root}/robot0") == [f"{root}/robot0/task0", f"{root}/robot0/task1"]
+    assert sorted(list_files(fs, root)) == ["robot0/task0/episodes.parquet", "robot0/task1/episodes.parquet"]

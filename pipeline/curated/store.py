@@ -46,7 +46,7 @@ from pipeline.curated.v30 import (
     stats_to_numpy,
 )
 from pipeline.layout import POINTER_FILE, PROGRESS_FILE
-from pipeline.storage import ensure_under, filesystem_for, join_uri
+from pipeline.storage import ensure_under, filesystem_for, forget_listings, join_uri
 
 logger = logging.getLogger(__name__)
 
@@ -444,7 +444,7 @@ class VersionStore:
 
     def entries(self) -> dict[str, set[str]]:
         """Every file under the folder, grouped by its first path segment (a version folder or a file)."""
-        self.fs.invalidate_cache(self.root)
+        forget_listings(self.fs, self.root)
         with touching(self.uri):
             found = self.fs.find(self.root) if self.fs.exists(self.root) else []
         grouped: dict[str, set[str]] = {}

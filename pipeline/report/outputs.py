@@ -20,7 +20,7 @@ from pipeline.config import CurationConfig, SourceConfig, SuccessConfig
 from pipeline.curated.pointer import resolve_curated
 from pipeline.decision import decide
 from pipeline.layout import CURATED_DIR, DATASET_ID_PARTS, EPISODES_FILE
-from pipeline.storage import filesystem_for, join_uri, list_folder, redact
+from pipeline.storage import filesystem_for, forget_listings, join_uri, list_folder, redact
 
 if TYPE_CHECKING:
     from pipeline.catalog import EpisodeRecord
@@ -43,7 +43,7 @@ def find_datasets(output_uri: str, storage_options: dict[str, Any]) -> list[str]
     """
     fs, base = filesystem_for(output_uri, storage_options)
     base = base.rstrip("/")
-    fs.invalidate_cache(base)
+    forget_listings(fs, base)
     level = [base]
     for _ in range(DATASET_ID_PARTS):
         level = [
