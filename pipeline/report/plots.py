@@ -106,6 +106,9 @@ def episode_figure(
 # constrained layout measures every text of every figure, half of a fleet report's time (two
 # histograms per dataset).
 HISTOGRAM_MARGINS = {"left": 0.15, "right": 0.97, "bottom": 0.16, "top": 0.96}
+# One filled outline instead of a rectangle per bin: the same pixels (edgeless bars of one colour touch),
+# a third of a histogram's cost.
+HISTOGRAM_TYPE = "stepfilled"
 
 
 def _histogram_axes(dpi: int) -> tuple[Figure, Axes]:
@@ -118,7 +121,7 @@ def _histogram_axes(dpi: int) -> tuple[Figure, Axes]:
 def success_histogram(scores: list[float], threshold: float, dpi: int) -> str:
     """Histogram of the episodes' success scores with the threshold line."""
     fig, ax = _histogram_axes(dpi)
-    ax.hist(scores, bins=max(5, min(30, len(scores))), color=PROGRESS_COLOR)
+    ax.hist(scores, bins=max(5, min(30, len(scores))), histtype=HISTOGRAM_TYPE, color=PROGRESS_COLOR)
     ax.axvline(threshold, color=FAILURE_COLOR, linestyle="--", label=f"threshold {threshold:g}")
     ax.set_xlabel('success score (mean raw log P("True"), last prefixes)')
     ax.set_ylabel("episodes")
@@ -130,7 +133,7 @@ def success_histogram(scores: list[float], threshold: float, dpi: int) -> str:
 def voc_histogram(vocs: list[float], dpi: int) -> str:
     """Histogram of the episodes' value-order correlation (Spearman of progress with time), in [-1, 1]."""
     fig, ax = _histogram_axes(dpi)
-    ax.hist(vocs, bins=np.linspace(-1, 1, 21), color=PROGRESS_COLOR)
+    ax.hist(vocs, bins=np.linspace(-1, 1, 21), histtype=HISTOGRAM_TYPE, color=PROGRESS_COLOR)
     if vocs:
         ax.axvline(float(np.median(vocs)), color="0.3", linestyle="--", label=f"median {np.median(vocs):.2f}")
         ax.legend(fontsize=8)
