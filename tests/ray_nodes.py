@@ -30,24 +30,55 @@ RAY = str(Path(sys.executable).parent / "ray")
 
 @dataclass(frozen=True)
 class Head:
-    """A running head node: its GCS address (for ``ray start --address``), dashboard (jobs) and env."""
+    """A running head node: its GCS address (for ``ray start --address``), dashboard (jobs), env, and the
+    session its processes run in (:func:`in_session`)."""
 
     gcs: str
     dashboard: str
     env: dict[str, str]
+    session: int
+
+
+def in_session(leader: int) -> list[psutil.Process]:
+    """Processes of the session ``leader`` started (``start_new_session``), also those whose parent died
+    and left them to init (a raylet's dashboard agent after the raylet crashed)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            # A zombie has exited; only its parent (or init, for an orphan) has yet to reap it.
+            if os.getsid(proc.pid) == leader and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
+            continue
+    return found
 
 
 def stop_tree(process: subprocess.Popen) -> None:
-    """Stop a node and everything it started."""
-    try:
-        family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for proc in family:
-        proc.terminate()
-    _, alive = psutil.wait_procs(family, timeout=15)
-    for proc in alive:
-        proc.kill()
+    """Stop a node and everything it started, orphans of its session included.
+
+    Rounds until nothing of the session is left: a raylet may still be starting an agent when the first
+    round looks (three rounds at most; a fourth would mean a process that ignores SIGKILL).
+    """
+    for _ in range(3):
+        try:
+            family = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family = []
+        family += [proc for proc in in_session(process.pid) if proc not in family]
+        if not family:
+            break
+        for proc in family:
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                continue
+        _, alive = psutil.wait_procs(family, timeout=15)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                continue
+        psutil.wait_procs(alive, timeout=5)
     process.wait(timeout=10)
 
 
@@ -99,28 +130,29 @@ def ray_head(num_cpus: int) -> Iterator[Head]:
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--num-cpus={num_cpus}",
          f"--ray-client-server-port={free_port()}", f"--temp-dir={temp_dir}", "--disable-usage-stats",
          *_own_ports()],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     address = f"http://127.0.0.1:{dashboard}"
     try:
         _wait(lambda: _jobs_api_up(address), head, "ray head")
-        yield Head(gcs=f"127.0.0.1:{port}", dashboard=address, env=env)
+        yield Head(gcs=f"127.0.0.1:{port}", dashboard=address, env=env, session=head.pid)
     finally:
         stop_tree(head)
         subprocess.run(["rm", "-rf", temp_dir], check=False)
 
 
 @contextmanager
-def ray_worker(head: Head, num_cpus: int, resources: dict[str, float]) -> Iterator[None]:
-    """``ray start --address=<head>`` on 127.0.0.1 with custom ``resources``; up once the head sees them."""
+def ray_worker(head: Head, num_cpus: int, resources: dict[str, float]) -> Iterator[int]:
+    """``ray start --address=<head>`` on 127.0.0.1 with custom ``resources``; up once the head sees them.
+    Yields the session its processes run in."""
     worker = subprocess.Popen(
         [RAY, "start", "--block", f"--address={head.gcs}", "--node-ip-address=127.0.0.1",
          f"--num-cpus={num_cpus}", f"--resources={json.dumps(resources)}", "--disable-usage-stats",
          *_own_ports()],
-        env=head.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=head.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
         _wait(lambda: _node_with(head.dashboard, resources), worker, "ray worker node")
-        yield
+        yield worker.pid
     finally:
         stop_tree(worker)

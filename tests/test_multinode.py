@@ -17,7 +17,7 @@ import pytest
 from ray.util.state import list_actors, list_nodes
 
 from tests.conftest import BUCKET, PROJECT_ROOT
-from tests.ray_nodes import RAY, ray_head, ray_worker
+from tests.ray_nodes import RAY, in_session, ray_head, ray_worker
 
 pytestmark = pytest.mark.slow
 SCORER_RESOURCE = "scorer_node"
@@ -32,7 +32,8 @@ def relabel_job(s3_options, synth_s3, tiny_model_dir) -> SimpleNamespace:
     ``failure`` (their tails, for assertion messages), and the cluster's nodes and actors as the state API
     saw them after the job."""
     storage = "{" + ", ".join(f"{k}: '{v}'" for k, v in s3_options.items()) + "}"
-    with ray_head(num_cpus=1) as head, ray_worker(head, num_cpus=1, resources={SCORER_RESOURCE: 1}):
+    with ray_head(num_cpus=1) as head, ray_worker(head, num_cpus=1, resources={SCORER_RESOURCE: 1}) as worker:
+        sessions = (head.session, worker)
         cmd = [
             RAY, "job", "submit", "--address", head.dashboard, "--working-dir", str(PROJECT_ROOT),
             "--submission-id", f"multinode-{os.getpid()}", "--",
@@ -52,6 +53,8 @@ def relabel_job(s3_options, synth_s3, tiny_model_dir) -> SimpleNamespace:
         failure=result.stdout[-3000:] + result.stderr[-3000:],
         nodes=nodes,
         actors=actors,
+        # Every process of both nodes, orphans included, once they are stopped.
+        left_running=[proc.pid for session in sessions for proc in in_session(session)],
     )
 
 
@@ -79,3 +82,7 @@ def test_scorer_pool_runs_on_the_node_with_the_resource(relabel_job):
     # Ray Data's pool actors are named after the stage they run.
     names = [f"{a.class_name} {a.repr_name}" for a in scorers]
     assert all("ScoreEpisodes" in name for name in names), names
+
+
+def test_both_nodes_leave_no_process_behind(relabel_job):
+    assert relabel_job.left_running == []
