@@ -329,7 +329,9 @@ def nights(work: Path, base: Path, start: int, count: int) -> dict[str, Any]:
 
     def night(episodes: range) -> Any:
         commit_scores(str(source), "bench/nights", str(output), dict.fromkeys(episodes, 0.0), lengths, {})
-        outcome = publish_dataset(job_for(str(source), "bench/nights", str(output), {}), cfg)
+        # As a nightly run does: the shards folded once the state folder holds more than compact_markers.
+        job = job_for(str(source), "bench/nights", str(output), {}, cfg.output.compact_markers)
+        outcome = publish_dataset(job, cfg)
         if outcome.status != "published":
             raise SystemExit(f"publish failed: {outcome.error}")
         return outcome

@@ -12,7 +12,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.publish import PublishJob
-from pipeline.sinks import batch_to_table, commit_shard, committed_state, state_uri
+from pipeline.sinks import batch_to_table, commit_shard, committed_state, marker_count, state_uri
+from pipeline.storage import filesystem_for, list_files
 
 CONFIG_HASH = "fakehash0000"
 MODEL = "fake/vlm"
@@ -62,8 +63,20 @@ def commit_scores(
     commit_shard(batch_to_table(batch, CONFIG_HASH), state_uri(output, CONFIG_HASH, dataset_id), options)
 
 
-def job_for(root: str, dataset_id: str, output: str, options: dict) -> PublishJob:
-    """The publish job of a dataset: its committed entries (as the relabel run builds them)."""
+def job_for(
+    root: str, dataset_id: str, output: str, options: dict, compact_markers: int | None = None
+) -> PublishJob:
+    """The publish job of a dataset: its committed entries (as the relabel run builds them).
+
+    ``compact_markers``: as the run's ``output.compact_markers``, the shards are folded into one while
+    publishing when the state folder holds more markers than that; None never folds them (a test that
+    counts a publish's writes one by one).
+    """
     folder = state_uri(output, CONFIG_HASH, dataset_id)
     state = committed_state(folder, options)
-    return PublishJob(dataset_id, root, folder, tuple(sorted(state.values(), key=lambda e: e.episode_index)))
+    compact = False
+    if compact_markers is not None:
+        fs, path = filesystem_for(folder, options)
+        compact = marker_count(list_files(fs, path, maxdepth=1)) > compact_markers
+    episodes = tuple(sorted(state.values(), key=lambda e: e.episode_index))
+    return PublishJob(dataset_id, root, folder, episodes, compact=compact)

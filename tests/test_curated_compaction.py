@@ -4,6 +4,7 @@ the result opens in LeRobot and a publish stopped anywhere is completed byte for
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from bench.publish_depth import KINDS, base_dataset, file_kind, replicate_datase
 from devkit import synth
 from devkit.fake_labels import commit_scores, job_for, lengths_of
 from devkit.files import file_states, written_files
+from pipeline.config import RelabelConfig
 from pipeline.curated.builder import COMPACT_FANOUT, COMPACT_LEVELS, plan_compaction, write_curated_dataset
 from pipeline.curated.pointer import resolve_curated
 from pipeline.curated.store import Run
@@ -45,11 +47,18 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return replicate_dataset(base, folder / "fleet" / "arm", START + NIGHTS)
 
 
+@functools.cache
+def _config(output: str, extra: tuple[str, ...]) -> RelabelConfig:
+    """One config per output and settings, loaded once however many nights publish with it."""
+    return config(output, -1.0, None, NO_GRACE, *extra)
+
+
 def _night(source: Path, output: Path, episodes: range, *extra: str):
     commit_scores(str(source), "fleet/arm", str(output), dict.fromkeys(episodes, 0.0), lengths_of(source), {})
-    outcome = publish_dataset(
-        job_for(str(source), "fleet/arm", str(output), {}), config(str(output), -1.0, None, NO_GRACE, *extra)
-    )
+    cfg = _config(str(output), extra)
+    # As a nightly run does: the shards folded once the state folder holds more than compact_markers.
+    job = job_for(str(source), "fleet/arm", str(output), {}, cfg.output.compact_markers)
+    outcome = publish_dataset(job, cfg)
     assert outcome.status == "published", outcome.error
     return outcome
 
