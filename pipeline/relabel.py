@@ -34,7 +34,15 @@ from pipeline.progress import ScoringProgress, quiet_ray_data
 from pipeline.publish import PublishJob, PublishOutcome, publish_all
 from pipeline.reader.dataset import INFO_PATH
 from pipeline.runrecord import RunRecord, prune_run_records
-from pipeline.sinks import State, list_states, load_states, marker_count, state_uri, write_shards
+from pipeline.sinks import (
+    State,
+    list_states,
+    listing_pages,
+    load_states,
+    marker_count,
+    state_uri,
+    write_shards,
+)
 from pipeline.stages.inline import StageArgs, score_in_process
 from pipeline.stopping import RunStopped, requested_stop, start_ray, stop_on_signals
 from pipeline.storage import normalize_uri, redact, with_storage_retries
@@ -301,11 +309,27 @@ def _listed_ids(records: list[EpisodeRecord]) -> list[str]:
 
 
 def _states(
-    cfg: RelabelConfig, chash: str, dataset_ids: list[str], index: FleetIndex
+    cfg: RelabelConfig,
+    chash: str,
+    dataset_ids: list[str],
+    index: FleetIndex,
+    listed: dict[str, dict] | None = None,
 ) -> tuple[dict[str, State], dict[str, dict]]:
     """The committed state of these datasets from one listing of ``_state/<hash>/`` (and the listing):
-    unchanged folders from the index, the others read concurrently, leftovers removed."""
-    listing = list_states(cfg.output.uri, chash, cfg.output.storage_options)
+    unchanged folders from the index, the others read concurrently, leftovers removed.
+
+    ``listed``: this run's earlier listing, of which only these datasets' folders changed since (it wrote
+    to them). Their folders are then listed one by one and merged into it when that takes fewer requests
+    than the whole listing's pages: a night that scored one dataset of thousands lists one folder, not
+    the whole state again.
+    """
+    options = cfg.output.storage_options
+    if listed is not None and len(dataset_ids) < listing_pages(listed):
+        changed = set(dataset_ids)
+        fresh = list_states(cfg.output.uri, chash, options, dataset_ids)
+        listing = {key: files for key, files in listed.items() if key not in changed} | fresh
+    else:
+        listing = list_states(cfg.output.uri, chash, options)
     states = load_states(
         cfg.output.uri,
         chash,
@@ -464,7 +488,7 @@ def _run_phases(
     # The datasets this run wrote to are read again (one more listing, their new markers only).
     scored = list(dict.fromkeys(row["dataset_id"] for row in pending))
     if scored:
-        fresh, listing = _states(cfg, chash, scored, index)
+        fresh, listing = _states(cfg, chash, scored, index, listing)
         states |= fresh
     jobs = _publish_jobs(records, roots, states, listing, cfg, chash, record.run_id)
     # Only datasets whose inputs changed since their last publish are written, one Ray task each.
@@ -478,7 +502,7 @@ def _run_phases(
         summaries[outcome.dataset_id].publish = outcome
     compacted = [outcome.dataset_id for outcome in outcomes if outcome.compacted]
     if compacted:
-        _states(cfg, chash, compacted, index)  # the folded folders, so the next night knows them
+        _states(cfg, chash, compacted, index, listing)  # the folded folders, so the next night knows them
     index.save()
     log.debug("fleet index: %s answered from the index", index.hits)
     published = {o.dataset_id: o.record["run_id"] for o in outcomes if o.record.get("run_id")}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import posixpath
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +77,8 @@ SHARD_SCHEMA = pa.schema(
 # Columns a shard write reports back to the driver (small: no arrays).
 SUMMARY_COLUMNS = ("dataset_id", "episode_index", "status", "error", "length", "frames_decoded", "attempt")
 MARKER_SUFFIX = ".done.json"
+# Keys one listing request returns at most: S3's ListObjectsV2 and GCS's objects.list pages.
+LIST_PAGE_KEYS = 1000
 # Markers are read concurrently: thousands of small objects per dataset, bound by request latency.
 MARKER_READ_THREADS = 16
 
@@ -266,21 +269,37 @@ def _state_files(
     return fs, folder, names
 
 
-def list_states(output_uri: str, config_hash: str, storage_options: dict[str, Any]) -> dict[str, dict]:
-    """Every dataset's state folder for one config hash: ``{dataset id: {file name: listing entry}}``.
+def list_states(
+    output_uri: str,
+    config_hash: str,
+    storage_options: dict[str, Any],
+    dataset_ids: Iterable[str] | None = None,
+) -> dict[str, dict]:
+    """Dataset state folders of one config hash: ``{dataset id: {file name: listing entry}}``.
 
-    One recursive listing of ``_state/<config hash>/`` (a few paginated requests on an object store for
-    thousands of datasets), instead of one listing per dataset.
+    With ``dataset_ids`` None, every folder, from one recursive listing of ``_state/<config hash>/`` (a
+    few paginated requests on an object store for thousands of datasets) instead of one listing per
+    dataset. Otherwise only those datasets' folders, one listing each (a folder without files is left
+    out, as the whole listing leaves it out).
     """
     fs, folder = filesystem_for(OutputLayout(output_uri).states(config_hash), storage_options)
     folder = folder.rstrip("/")
     forget_listings(fs, folder)
+    if dataset_ids is not None:
+        found = {dataset: list_files(fs, f"{folder}/{dataset}", maxdepth=1) for dataset in dataset_ids}
+        return {dataset_id: files for dataset_id, files in found.items() if files}
     states: dict[str, dict] = {}
     for relative, info in list_files(fs, folder).items():
         *dataset, name = relative.split("/")
         if len(dataset) == DATASET_ID_PARTS:
             states.setdefault("/".join(dataset), {})[name] = info
     return states
+
+
+def listing_pages(listing: Mapping[str, Mapping[str, Any]]) -> int:
+    """Requests a listing of :func:`list_states` takes on an object store: its pages of
+    :data:`LIST_PAGE_KEYS` keys."""
+    return math.ceil(sum(len(files) for files in listing.values()) / LIST_PAGE_KEYS)
 
 
 def _read_markers(

@@ -108,3 +108,57 @@ def test_forget_listings_drops_the_cached_sub_folders_too(s3_options):
     forget_listings(fs, root)
     assert fs.ls(f"{root}/robot0") == [f"{root}/robot0/task0", f"{root}/robot0/task1"]
     assert sorted(list_files(fs, root)) == ["robot0/task0/episodes.parquet", "robot0/task1/episodes.parquet"]
+
+
+def test_after_writing_to_a_few_state_folders_only_those_are_listed_again(s3, s3_options, monkeypatch):
+    """A night that scored one dataset of many lists that dataset's state folder again, not the whole
+    ``_state/<hash>/`` prefix (whose pages grow with the fleet); the merged listing is what listing it
+    all again gives, entry for entry (the fleet index digests it)."""
+    import numpy as np
+
+    from pipeline import relabel, sinks
+    from pipeline.config import load_config
+    from pipeline.fleetindex import FleetIndex, listing_digest
+
+    output = f"s3://{BUCKET}/state-relist"
+    options = "{" + ", ".join(f"{k}: '{v}'" for k, v in s3_options.items()) + "}"
+    cfg = load_config([f"output.uri={output}", f"output.storage_options={options}", "model.path=fake/vlm"])
+
+    def commit(dataset_id: str, episode: int) -> None:
+        batch = {
+            "dataset_id": np.array([dataset_id], dtype=object),
+            "episode_index": np.array([episode]),
+            "status": np.array(["ok"], dtype=object),
+            "error": np.array([""], dtype=object),
+            "fingerprint": np.array(["fp"], dtype=object),
+            "attempt": np.array([1]),
+        }
+        folder = sinks.state_uri(output, "h", dataset_id)
+        sinks.commit_shard(sinks.batch_to_table(batch, "h"), folder, s3_options)
+
+    ids = [f"robot{r}/task{t}" for r in range(2) for t in range(3)]
+    for dataset_id in ids:
+        commit(dataset_id, 0)
+    index = FleetIndex.load(output, s3_options)
+    _, listed = relabel._states(cfg, "h", ids, index)
+    commit("robot1/task2", 1)  # the night scored one episode of one dataset
+    asked = []
+    real = sinks.list_states
+
+    def spy(*args, **kwargs):
+        asked.append(args[3] if len(args) > 3 else kwargs.get("dataset_ids"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(relabel, "list_states", spy)
+    monkeypatch.setattr(sinks, "LIST_PAGE_KEYS", 2)  # 12 objects: 6 pages of the whole prefix
+    states, merged = relabel._states(cfg, "h", ["robot1/task2"], index, listed)
+    assert asked == [["robot1/task2"]]
+    everything = real(output, "h", s3_options)
+    digests = {key: listing_digest(files) for key, files in merged.items()}
+    assert digests == {key: listing_digest(files) for key, files in everything.items()}
+    assert {key[0] for key in states["robot1/task2"]} == {0, 1}
+
+    monkeypatch.setattr(sinks, "LIST_PAGE_KEYS", 1000)  # one page: listing it all again is no dearer
+    relabel._states(cfg, "h", ["robot1/task2"], index, merged)
+    assert asked[-1] is None
+    s3.rm(f"{BUCKET}/state-relist", recursive=True)
