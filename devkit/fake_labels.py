@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipeline.publish import PublishJob
-from pipeline.sinks import batch_to_table, commit_shard, committed_state, marker_count, state_uri
+from pipeline.sinks import batch_to_table, commit_shard, committed_state, needs_folding, state_uri
 from pipeline.storage import filesystem_for, list_files
 
 CONFIG_HASH = "fakehash0000"
@@ -77,6 +77,6 @@ def job_for(
     compact = False
     if compact_markers is not None:
         fs, path = filesystem_for(folder, options)
-        compact = marker_count(list_files(fs, path, maxdepth=1)) > compact_markers
+        compact = needs_folding(list_files(fs, path, maxdepth=1), compact_markers)
     episodes = tuple(sorted(state.values(), key=lambda e: e.episode_index))
     return PublishJob(dataset_id, root, folder, episodes, compact=compact)

@@ -39,7 +39,7 @@ from pipeline.sinks import (
     list_states,
     listing_pages,
     load_states,
-    marker_count,
+    needs_folding,
     state_uri,
     write_shards,
 )
@@ -368,7 +368,7 @@ def _publish_jobs(
         folder = state_uri(cfg.output.uri, chash, dataset_id)
         state = states[dataset_id]
         current = tuple(state[key] for key in fingerprints.get(dataset_id, []) if key in state)
-        compact = marker_count(listing.get(dataset_id, {})) > cfg.output.compact_markers
+        compact = needs_folding(listing.get(dataset_id, {}), cfg.output.compact_markers)
         if current:
             jobs.append(PublishJob(dataset_id, root, folder, current, run_id, compact))
     return jobs

@@ -483,6 +483,12 @@ def marker_count(files: Mapping[str, Any]) -> int:
     return sum(name.endswith(MARKER_SUFFIX) for name in files)
 
 
+def needs_folding(files: Mapping[str, Any], compact_markers: int) -> bool:
+    """Whether a state folder (its listing) is folded into one shard as it is published: it holds more
+    than ``output.compact_markers`` markers."""
+    return marker_count(files) > compact_markers
+
+
 def compact_state(folder_uri: str, rows: pa.Table, storage_options: dict[str, Any]) -> str:
     """Folds a dataset's committed shards into one: ``rows`` (its current entries, ``SHARD_SCHEMA``,
     as :func:`read_rows` returns them) are committed as one shard and marker, then every other marker
