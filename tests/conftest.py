@@ -181,3 +181,31 @@ def golden_run(ray_session, s3_options, synth_s3, tiny_model_dir) -> SimpleNames
     return SimpleNamespace(
         cfg=cfg, summary=summary, output=GOLDEN_OUTPUT, s3_options=s3_options, datasets=dict(GOLDEN_DATASETS)
     )
+
+
+BROKEN_DATASET = "fleet/broken"
+BROKEN_LENGTHS = (20, 24, 22)  # episode 1's video is corrupt
+
+
+@pytest.fixture(scope="session")
+def broken_run(ray_session, tmp_path_factory, tiny_model_dir) -> SimpleNamespace:
+    """One relabel run on the Ray Data graph (this process is connected to the session's Ray, so it never
+    scores in process) over a local v2.1 dataset ``fleet/broken`` whose episode 1 has a corrupt video.
+
+    Shared by the tests that read what a bad episode leaves (its row, the progress without it) and the
+    in-process executor's comparison. Its outputs are READ-ONLY, as :func:`golden_run`'s.
+
+    Returns:
+        ``SimpleNamespace(source, output, summary)``: the dataset's root, the local output folder and the
+        run's :class:`~pipeline.relabel.RunSummary`.
+    """
+    from devkit.synth import write_v21_dataset
+    from pipeline.relabel import run
+
+    folder = tmp_path_factory.mktemp("broken")
+    source = write_v21_dataset(
+        folder / "src" / BROKEN_DATASET, lengths=BROKEN_LENGTHS, fps=10, corrupt_episode=1
+    )
+    output = folder / "ray"
+    summary = run(relabel_config(str(source), str(output), tiny_model_dir, {}))
+    return SimpleNamespace(source=source, output=output, summary=summary)

@@ -22,10 +22,8 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.layout import EPISODES_FILE, PROGRESS_FILE
-from tests.conftest import PROJECT_ROOT, relabel_config
-
-DATASET = "fleet/broken"
-LENGTHS = (20, 24, 22)  # episode 1's video is corrupt
+from tests.conftest import BROKEN_DATASET as DATASET
+from tests.conftest import PROJECT_ROOT
 
 
 def _env() -> dict[str, str]:
@@ -63,15 +61,11 @@ def _failures(output: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_in_process_run_writes_what_the_ray_graph_writes(ray_session, tmp_path, tiny_model_dir):
-    from devkit.synth import write_v21_dataset
-    from pipeline.relabel import run
+def test_in_process_run_writes_what_the_ray_graph_writes(broken_run, tmp_path, tiny_model_dir):
+    source, by_ray, in_process = broken_run.source, broken_run.output, tmp_path / "inline"
 
-    source = write_v21_dataset(tmp_path / "src" / DATASET, lengths=LENGTHS, fps=10, corrupt_episode=1)
-    by_ray, in_process = tmp_path / "ray", tmp_path / "inline"
-
-    # The Ray Data graph: this process is connected to the session's Ray, so it never scores inline.
-    summary = run(relabel_config(str(source), str(by_ray), tiny_model_dir, {}))
+    # The Ray Data graph: the session's run, connected to its Ray, so it never scored inline.
+    summary = broken_run.summary
     assert summary.placement is not None and not summary.placement.in_process
     assert (summary.datasets[DATASET].scored, summary.datasets[DATASET].failed) == (2, 1)
 

@@ -23,7 +23,7 @@ from pipeline.relabel import format_summary, run
 from pipeline.scoring.inputs import EpisodeClip
 from pipeline.scoring.scorer import PrefixScorer
 from pipeline.stages.label import label_episode
-from tests.conftest import BUCKET, SYNTH_LENGTHS, relabel_config
+from tests.conftest import BROKEN_DATASET, BUCKET, SYNTH_LENGTHS, relabel_config
 
 pytestmark = pytest.mark.slow
 
@@ -110,20 +110,15 @@ def test_rerun_is_incremental_and_idempotent(ray_session, s3, s3_options, synth_
     assert episodes == [0, 1, 2, 3]
 
 
-def test_corrupt_episode_fails_alone(ray_session, tmp_path, s3_options, tiny_model_dir):
-    from devkit.synth import write_v21_dataset
-
-    root = write_v21_dataset(tmp_path / "fleet" / "broken", lengths=(20, 24, 22), fps=10, corrupt_episode=1)
-    cfg = _config(str(root), str(tmp_path / "out"), tiny_model_dir, {})
-    summary = run(cfg)
-    (dataset,) = summary.datasets.values()
+def test_corrupt_episode_fails_alone(broken_run):
+    (dataset,) = broken_run.summary.datasets.values()
     assert (dataset.scored, dataset.failed) == (2, 1)
-    rows = pq.read_table(tmp_path / "out" / "fleet" / "broken" / EPISODES_FILE).to_pylist()
+    rows = pq.read_table(broken_run.output / BROKEN_DATASET / EPISODES_FILE).to_pylist()
     status = {r["episode_index"]: (r["status"], r["error"]) for r in rows}
     assert status[0][0] == status[2][0] == "ok"
     assert status[1][0] == "failed"
     assert "episode 1" in status[1][1] and "episode_000001.mp4" in status[1][1]
-    progress = pq.read_table(tmp_path / "out" / "fleet" / "broken" / PROGRESS_FILE)
+    progress = pq.read_table(broken_run.output / BROKEN_DATASET / PROGRESS_FILE)
     assert set(progress.column("episode_index").to_pylist()) == {0, 2}
 
 
