@@ -88,3 +88,27 @@ def test_a_search_that_misses_falls_back_to_a_scan(synth_dir, monkeypatch):
         assert source.episodes() == want[0]
         assert str(source.stats(episode)) == str(want[1])
         assert source.data_rows(episode).equals(want[2])
+
+
+def test_a_new_sessions_episode_is_read_from_the_newest_index_file_alone(synth_dir, tmp_path):
+    """LeRobot's recorder writes a later session's episodes to new data, video and episodes index files:
+    a partial read of them parses the newest index file's footer only (an old file's grows with the
+    dataset), and one of an old episode reads on until it is found."""
+    import shutil
+
+    from devkit.fleet import add_episode
+
+    root = tmp_path / "synth" / "v30"
+    shutil.copytree(synth_dir / "v30", root)
+    add_episode(str(root))
+    files = sorted(p.relative_to(root).as_posix() for p in (root / "meta" / "episodes").glob("*/*.parquet"))
+    assert len(files) == 2  # the first session's file and the new one's
+    whole = read_dataset(str(root), all_cameras=True)
+    new = len(whole.episodes) - 1
+    for wanted, opened in (([new], files[1:]), ([0], files), ([0, new], files)):
+        footers: dict = {}
+        partial = read_dataset(
+            str(root), all_cameras=True, episodes=wanted, partial_index=True, footers=footers
+        )
+        assert partial.episodes == tuple(e for e in whole.episodes if e.episode_index in wanted)
+        assert sorted(footers) == opened, wanted

@@ -261,9 +261,11 @@ def read_dataset(
             caller already made (the catalog lists a whole source prefix at once); ``None``: the folders
             needed are listed here. Either way ``meta/info.json`` and the episodes index are read.
         partial_index: With ``episodes`` (v3.0): read only the episodes index row groups that hold
-            them (:func:`pipeline.reader.rowgroups.row_groups_with`), not the whole index, and check the
-            order of the index ranges among those rows alone. For a caller that needs a few episodes of
-            a dataset the catalog has read and checked whole (publishing one more episode of thousands).
+            them (:func:`pipeline.reader.rowgroups.row_groups_with`), not the whole index, from the
+            newest index file back until every one is found (a later recording session's episodes are
+            in new files), and check the order of the index ranges among those rows alone. For a caller
+            that needs a few episodes of a dataset the catalog has read and checked whole (publishing
+            one more episode of thousands).
         footers: Parsed parquet footers of the episodes index files by path relative to the root: used
             when present, added when parsed, so that a caller reading other columns of the same files
             (the curated-set builder's stats) parses each footer once.
@@ -486,10 +488,18 @@ def _index_rows(
     select: Callable[[pq.FileMetaData, str, set[int]], list[int]] | None,
     wanted: set[int] | None = None,
 ) -> list[tuple[str, dict[str, Any]]]:
-    """The ``columns`` of the index files' rows: all of them (``select`` None) or those of the row
-    groups ``select(footer, "episode_index", wanted)`` names."""
+    """The ``columns`` of the index files' rows, in file order: all of them (``select`` None) or those of
+    the row groups ``select(footer, "episode_index", wanted)`` names.
+
+    A selective read visits the files newest first and stops once every ``wanted`` episode is found:
+    LeRobot's recorder writes each session's episodes to new files, so a night's new episodes are in the
+    last files and an old file's footer (which grows with its row groups) is never parsed for them.
+    """
     rows = []
-    for relative in files:
+    missing = set(wanted) if select is not None and wanted is not None else None
+    for relative in files if missing is None else files[::-1]:
+        if missing is not None and not missing:
+            break
         with source.reading(relative), source.fs.open(source.path(relative), "rb") as f:
             parquet = pq.ParquetFile(f, metadata=footers.get(relative) if footers is not None else None)
             if footers is not None:
@@ -500,8 +510,12 @@ def _index_rows(
                 groups = select(parquet.metadata, "episode_index", wanted)
                 table = parquet.read_row_groups(groups, columns=columns) if groups else None
         if table is not None:
-            rows.extend((relative, row) for row in table.to_pylist())
-    return rows
+            found = table.to_pylist()
+            rows.extend((relative, row) for row in found)
+            if missing is not None:
+                missing -= {row["episode_index"] for row in found}
+    position = {relative: place for place, relative in enumerate(files)}
+    return sorted(rows, key=lambda item: position[item[0]])  # stable: each file's rows in their order
 
 
 def _v30_episodes(
