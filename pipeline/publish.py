@@ -160,7 +160,9 @@ def progress_table(shards: pa.Table, vlm_name: str) -> pa.Table:
         "frame_index": frame_index,
         "progress_sparse": pc.list_flatten(ok.column("frame_progress")),
     }
-    table = pa.Table.from_pydict(columns, schema=PROGRESS_SCHEMA).sort_by("index")
+    table = pa.Table.from_pydict(columns, schema=PROGRESS_SCHEMA)
+    if np.any(np.diff(columns["index"]) < 0):  # episodes whose index ranges are not in episode order
+        table = table.sort_by("index")
     return table.replace_schema_metadata({"vlm_name": vlm_name})
 
 
@@ -256,8 +258,8 @@ def _publish(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
     # The curated set first, then the two tables that describe it, then the record: a reader sees the
     # new selection in episodes.parquet only once the curated set holds it.
     written = curated.bytes_written
-    for table, uri in ((rows.select(list(EPISODE_COLUMNS)), layout.episodes), (progress, layout.progress)):
-        written += write_parquet(table, uri, options)
+    written += write_parquet(rows.select(list(EPISODE_COLUMNS)), layout.episodes, options)
+    written += write_parquet(progress, layout.progress, options, numeric=True)
     outcome = _outcome(
         job,
         cfg,

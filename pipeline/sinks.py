@@ -398,10 +398,13 @@ def read_rows(
             )
             if episode in entries and entries[episode].fingerprint == (fingerprint or "")
         ]
-        tables.append(table.take(keep))
+        # A folded shard usually holds exactly the committed rows: taking all of them copies for nothing.
+        tables.append(table if len(keep) == table.num_rows else table.take(keep))
     if not tables:
         return SHARD_SCHEMA.empty_table()
-    return pa.concat_tables(tables).sort_by("episode_index")
+    rows = pa.concat_tables(tables)
+    episodes = rows.column("episode_index").to_numpy()
+    return rows if np.all(np.diff(episodes) > 0) else rows.sort_by("episode_index")
 
 
 def _remove_stale(folder_uri: str, fs: Any, folder: str, names: list[str], broken: set[str]) -> list[str]:
