@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.config import CurationConfig, SuccessConfig
 from pipeline.labels import success_score
@@ -22,30 +23,39 @@ from pipeline.labels import success_score
 DECISION_COLUMNS = ("success_score", "success", "selected")
 
 
-def is_success(status: str, success_score: float | None, success: SuccessConfig) -> bool:
-    """An ``ok`` episode whose success score is above ``success.threshold``."""
-    return status == "ok" and success_score is not None and bool(success_score > success.threshold)
+def _rule(
+    scored: np.ndarray,
+    scores: np.ndarray,
+    vocs: np.ndarray,
+    finals: np.ndarray,
+    success: SuccessConfig,
+    curation: CurationConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The rule, once for every caller: ``(success, selected)`` per episode.
+
+    Args:
+        scored: Whether each episode is ``ok`` and has raw scores.
+        scores: Success scores (NaN: undefined, never a success).
+        vocs: VOC (NaN: missing, never passes ``curation.min_voc``).
+        finals: Final normalised progress (NaN: none, never passes ``curation.min_final_progress``).
+        success: The threshold (strict: a score equal to it is not a success).
+        curation: The selection rule; disabled selects nothing.
+    """
+    # NaN compares false with everything, so an undefined score, VOC or progress fails its test.
+    succeeded = scored & (scores > success.threshold)
+    selected = scored & curation.enabled
+    if curation.require_success:
+        selected = selected & succeeded
+    if curation.min_voc is not None:
+        selected = selected & (vocs >= curation.min_voc)
+    if curation.min_final_progress is not None:
+        selected = selected & (finals >= curation.min_final_progress)
+    return succeeded, selected
 
 
-def is_selected(
-    status: str, succeeded: bool, voc: float | None, final_progress: float | None, curation: CurationConfig
-) -> bool:
-    """Whether an episode goes into the curated BC dataset (``curation.enabled`` aside)."""
-    if status != "ok" or (curation.require_success and not succeeded):
-        return False
-    if curation.min_voc is not None and not (voc is not None and voc >= curation.min_voc):
-        return False
-    if curation.min_final_progress is None:
-        return True
-    return final_progress is not None and final_progress >= curation.min_final_progress
-
-
-def _number(value: Any) -> float | None:
-    """A float, or None for a missing or NaN value (parquet nulls and NaN both mean "undefined")."""
-    if value is None:
-        return None
-    number = float(value)
-    return None if math.isnan(number) else number
+def _number(value: Any) -> float:
+    """A float, NaN for a missing value (parquet nulls and NaN both mean "undefined")."""
+    return math.nan if value is None else float(value)
 
 
 def decide_row(
@@ -59,17 +69,14 @@ def decide_row(
     """
     raw = row.get("log_p_true")
     scored = row["status"] == "ok" and raw is not None and len(raw) > 0
-    score = _number(success_score(raw, success.window)) if scored else None
-    succeeded = is_success(row["status"], score, success)
+    score = _number(success_score(raw, success.window)) if scored else math.nan
     progress = row.get("progress")
-    final = float(progress[-1]) if progress is not None and len(progress) else None
-    # An "ok" row without scores has nothing to curate by, whatever require_success says.
-    selected = (
-        curation.enabled
-        and scored
-        and is_selected(row["status"], succeeded, _number(row.get("voc")), final, curation)
-    )
-    return (math.nan if score is None else score), succeeded, bool(selected)
+    final = float(progress[-1]) if progress is not None and len(progress) else math.nan
+    succeeded, selected = _rule(
+        np.array([scored]), np.array([score]), np.array([_number(row.get("voc"))]), np.array([final]),
+        success, curation,
+    )  # fmt: skip
+    return score, bool(succeeded[0]), bool(selected[0])
 
 
 def decide(episodes: pa.Table, success: SuccessConfig, curation: CurationConfig) -> pa.Table:
@@ -86,12 +93,15 @@ def decide(episodes: pa.Table, success: SuccessConfig, curation: CurationConfig)
     """
     if success.window >= _SEQUENTIAL_SUM or episodes.num_rows == 0:
         rows = episodes.select(["status", "log_p_true", "voc", "progress"]).to_pylist()
-        decided = [decide_row(row, success, curation) for row in rows]
+        by_row = [decide_row(row, success, curation) for row in rows]
+        decided = [
+            np.array([row[i] for row in by_row], kind) for i, kind in enumerate((np.float64, bool, bool))
+        ]
     else:
         decided = _decide_columns(episodes, success, curation)
-    for position, name in enumerate(DECISION_COLUMNS):
+    for name, column in zip(DECISION_COLUMNS, decided, strict=True):
         kind = pa.float64() if name == "success_score" else pa.bool_()
-        values = pa.array([row[position] for row in decided], kind)
+        values = pa.array(column, kind)
         index = episodes.schema.get_field_index(name)
         episodes = (
             episodes.set_column(index, name, values) if index >= 0 else episodes.append_column(name, values)
@@ -116,11 +126,9 @@ def _last_values(column: pa.ChunkedArray, count: int) -> tuple[np.ndarray, np.nd
     return values, offsets[1:], np.minimum(lengths, count)
 
 
-def _decide_columns(
-    episodes: pa.Table, success: SuccessConfig, curation: CurationConfig
-) -> list[tuple[float, bool, bool]]:
-    """:func:`decide_row` of every row, with the success scores and final progress taken column-wise
-    (a publish decides thousands of rows; one numpy mean per row was most of a +1 publish's cost).
+def _decide_columns(episodes: pa.Table, success: SuccessConfig, curation: CurationConfig) -> list[np.ndarray]:
+    """:func:`decide_row` of every row, column-wise: success scores, success and selection (a publish
+    decides thousands of rows; one numpy mean per row was most of a +1 publish's cost).
 
     The score is the window's values summed in order from 0.0 and divided by their count: what
     :func:`pipeline.labels.success_score`'s ``mean`` computes for fewer than ``_SEQUENTIAL_SUM`` values.
@@ -130,18 +138,13 @@ def _decide_columns(
     for step in range(success.window):
         adds = step < taken
         total[adds] += values[(ends - taken + step)[adds]]
+    statuses = pc.equal(episodes.column("status"), "ok").fill_null(False)
+    scored = statuses.to_numpy(zero_copy_only=False) & (taken > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        scores = total / taken
+        scores = np.where(scored, total / np.maximum(taken, 1), np.nan)
     progress, progress_ends, has_progress = _last_values(episodes.column("progress"), 1)
-    statuses = episodes.column("status").to_pylist()
-    vocs = episodes.column("voc").to_pylist()
-    decided = []
-    for row, status in enumerate(statuses):
-        scored = status == "ok" and taken[row] > 0
-        score = _number(scores[row]) if scored else None
-        succeeded = is_success(status, score, success)
-        final = float(progress[progress_ends[row] - 1]) if has_progress[row] else None
-        voc = _number(vocs[row])
-        selected = curation.enabled and scored and is_selected(status, succeeded, voc, final, curation)
-        decided.append(((math.nan if score is None else score), succeeded, bool(selected)))
-    return decided
+    finals = np.full(ends.size, np.nan)
+    finals[has_progress > 0] = progress[progress_ends[has_progress > 0] - 1]
+    vocs = episodes.column("voc").cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
+    succeeded, selected = _rule(scored, scores, vocs, finals, success, curation)
+    return [scores, succeeded, selected]
