@@ -107,8 +107,8 @@ def write_bytes(data: bytes, uri: str, storage_options: dict[str, Any], *, name:
 def parquet_bytes(table: pa.Table, *, numeric: bool = False) -> bytes:
     """A table's parquet encoding; no timestamps are written, so equal tables give equal bytes.
 
-    ``numeric``: for a table of flat integer and float columns rewritten whole every night (the per-frame
-    progress files, one row per frame of the dataset): integers delta-encoded (contiguous indices cost
+    ``numeric``: for a table of flat integer and float columns rewritten whole every night (the curated
+    set's per-frame progress file, one row per frame): integers delta-encoded (contiguous indices cost
     next to nothing), floats byte-split, no dictionaries, zstd: a quarter of the default encoding's size
     for noisy progress values (far less for smooth ones), written in a third of the time.
     """
@@ -126,12 +126,9 @@ def parquet_bytes(table: pa.Table, *, numeric: bool = False) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def write_parquet(
-    table: pa.Table, uri: str, storage_options: dict[str, Any], *, numeric: bool = False
-) -> int:
-    """Replaces the parquet file at ``uri`` in one step (see :func:`write_bytes`; ``numeric``: see
-    :func:`parquet_bytes`)."""
-    return write_bytes(parquet_bytes(table, numeric=numeric), uri, storage_options, name="write")
+def write_parquet(table: pa.Table, uri: str, storage_options: dict[str, Any]) -> int:
+    """Replaces the parquet file at ``uri`` in one step (see :func:`write_bytes`)."""
+    return write_bytes(parquet_bytes(table), uri, storage_options, name="write")
 
 
 def put_file(local: Path, uri: str, storage_options: dict[str, Any], *, name: str = "put") -> int:

@@ -259,7 +259,7 @@ def _publish(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
     # new selection in episodes.parquet only once the curated set holds it.
     written = curated.bytes_written
     written += write_parquet(rows.select(list(EPISODE_COLUMNS)), layout.episodes, options)
-    written += write_parquet(progress, layout.progress, options, numeric=True)
+    written += write_parquet(progress, layout.progress, options)
     outcome = _outcome(
         job,
         cfg,
