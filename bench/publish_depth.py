@@ -22,9 +22,12 @@ and peak memory are the publishing process's own. Prints side by side:
     ``curated/`` over all nights against the data added (the growth of a fresh publish of the same
     selection), by kind: all files, data and videos, the episodes index, the single files (info, stats,
     tasks, progress). Files kept by a compaction's hard links are counted apart: no byte is written.
+    Simulated once per ``--nights-frame-sizes``: the bench's tiny 64x64 frames (13 kB episodes, against
+    which LeRobot's fixed per-night metadata weighs most) and a camera's 480x640 (108 kB episodes, still
+    a tenth of a real 10 s recording).
 
     python -m bench.publish_depth [--sizes 100,1000,5000] [--nights 100] [--start 10] [--length 20]
-                                  [--frame-size 64x64] [--repeats 3]
+                                  [--frame-size 64x64] [--nights-frame-sizes 64x64,480x640] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -54,8 +57,8 @@ FPS = 10
 # Recorded by lerobot once; every larger source is a stream copy of these.
 BASE_EPISODES = 10
 CAMERAS = ("observation.images.front", "observation.images.wrist")
-# The synthetic recorder's frames: about 13 kB per 20-frame episode over both cameras, so the per-night
-# metadata weighs more against the data than with real episodes (--frame-size gives larger ones).
+# The synthetic recorder's frames in (a): about 13 kB per 20-frame episode over both cameras (--frame-size
+# gives larger ones; publish time follows the episodes and rows, not their pixels).
 DEFAULT_FRAME_SIZE = (64, 64)
 
 
@@ -199,6 +202,12 @@ def append_session(base: Path, dest: Path) -> int:
     info.update(total_episodes=total, total_frames=frames + rows.num_rows, splits={"train": f"0:{total}"})
     (dest / "meta" / "info.json").write_text(json.dumps(info, indent=4))
     return episode
+
+
+def _frame_size(text: str) -> tuple[int, int]:
+    """``"HEIGHTxWIDTH"`` as ``(height, width)``."""
+    height, width = (int(side) for side in text.lower().split("x"))
+    return height, width
 
 
 def _shifted(table: pa.Table, shifts: dict[str, float]) -> pa.Table:
@@ -503,9 +512,12 @@ def _print_depth(results: dict[int, tuple[dict, dict, dict]]) -> None:
         )
 
 
-def _print_nights(result: dict[str, Any], start: int, count: int) -> None:
+def _print_nights(result: dict[str, Any], start: int, count: int, frame_size: str) -> None:
     files, written, added = result["files"], result["written"], result["added"]
-    print(f"(b) {count} nights of +1 episode on a first publish of {start} (keep_superseded_s=0)")
+    print(
+        f"(b) {count} nights of +1 episode on a first publish of {start} (keep_superseded_s=0), "
+        f"{frame_size} frames"
+    )
     for number in sorted({min(10, count), count}):
         print(_row(f"  files under curated/ after night {number}", str(files[number])))
     print(_row("  most files under curated/ on any night", str(max(files.values()))))
@@ -553,6 +565,12 @@ def main(argv: list[str] | None = None) -> None:
         default="64x64",
         help="HEIGHTxWIDTH of the recorded frames (larger frames: larger episodes, same metadata)",
     )
+    parser.add_argument(
+        "--nights-frame-sizes",
+        default="64x64,480x640",
+        help="HEIGHTxWIDTH of (b)'s recorded frames, comma-separated, one simulation each: the bench's "
+        "tiny frames and a camera's (LeRobot's usual 480x640); the same per-night metadata, larger episodes",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="+1 publishes per size in (a), fastest kept")
     parser.add_argument(
         "--episodes-per-file",
@@ -571,23 +589,34 @@ def main(argv: list[str] | None = None) -> None:
     sizes = sorted(int(size) for size in args.sizes.split(",") if size)
     work = Path(tempfile.mkdtemp(prefix="bench-depth-"))
     try:
-        height, width = (int(side) for side in args.frame_size.lower().split("x"))
-        base = base_dataset(work / "base" / "bench" / "base", args.length, (height, width))
+        base = base_dataset(work / "base" / "bench" / "base", args.length, _frame_size(args.frame_size))
         results = depth(work, base, sizes, args.repeats, args.episodes_per_file) if sizes else {}
-        simulated = nights(work, base, args.start, args.nights) if args.nights else None
+        simulated = {}
+        for text in [size for size in args.nights_frame_sizes.split(",") if size] if args.nights else []:
+            folder = work / f"nights-{text}"
+            recorded = base_dataset(folder / "base" / "bench" / "base", args.length, _frame_size(text))
+            simulated[text] = nights(folder, recorded, args.start, args.nights)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     layout = f"{args.episodes_per_file} episodes" if args.episodes_per_file else "all episodes"
     print(
-        f"\nbench.publish_depth: {args.length} frames/episode of {args.frame_size}, {len(CAMERAS)} cameras, "
-        "local disk,"
+        f"\nbench.publish_depth: {args.length} frames/episode, {args.frame_size} in (a), "
+        f"{len(CAMERAS)} cameras, local disk,"
     )
     print(f"source files in (a): {layout} per data file and mp4\n")
     if results:
         _print_depth(results)
         print()
+    for text, result in simulated.items():
+        _print_nights(result, args.start, args.nights, text)
+        print()
     if simulated:
-        _print_nights(simulated, args.start, args.nights)
+        ratios = ", ".join(
+            f"{r['written']['all'] / r['added']['all']:.2f}x with {text} frames "
+            f"({r['added']['all'] // args.nights / 1000:.0f} kB episodes)"
+            for text, r in simulated.items()
+        )
+        print(f"(b) all curated bytes written over {args.nights} nights / added (target <= 3): {ratios}")
 
 
 if __name__ == "__main__":
