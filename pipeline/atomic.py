@@ -104,25 +104,10 @@ def write_bytes(data: bytes, uri: str, storage_options: dict[str, Any], *, name:
     return len(data)
 
 
-def parquet_bytes(table: pa.Table, *, numeric: bool = False) -> bytes:
-    """A table's parquet encoding; no timestamps are written, so equal tables give equal bytes.
-
-    ``numeric``: for a table of flat integer and float columns rewritten whole every night (the curated
-    set's per-frame progress file, one row per frame): integers delta-encoded (contiguous indices cost
-    next to nothing), floats byte-split, no dictionaries, zstd: a quarter of the default encoding's size
-    for noisy progress values (far less for smooth ones), written in a third of the time.
-    """
+def parquet_bytes(table: pa.Table) -> bytes:
+    """A table's parquet encoding; no timestamps are written, so equal tables give equal bytes."""
     sink = pa.BufferOutputStream()
-    if not numeric:
-        pq.write_table(table, sink)
-        return sink.getvalue().to_pybytes()
-    encodings = {}
-    for field in table.schema:
-        if pa.types.is_integer(field.type):
-            encodings[field.name] = "DELTA_BINARY_PACKED"
-        elif pa.types.is_floating(field.type):
-            encodings[field.name] = "BYTE_STREAM_SPLIT"
-    pq.write_table(table, sink, use_dictionary=False, column_encoding=encodings, compression="zstd")
+    pq.write_table(table, sink)
     return sink.getvalue().to_pybytes()
 
 

@@ -258,8 +258,8 @@ def _publish(job: PublishJob, cfg: RelabelConfig) -> PublishOutcome:
     # The curated set first, then the two tables that describe it, then the record: a reader sees the
     # new selection in episodes.parquet only once the curated set holds it.
     written = curated.bytes_written
-    written += write_parquet(rows.select(list(EPISODE_COLUMNS)), layout.episodes, options)
-    written += write_parquet(progress, layout.progress, options)
+    for table, uri in ((rows.select(list(EPISODE_COLUMNS)), layout.episodes), (progress, layout.progress)):
+        written += write_parquet(table, uri, options)
     outcome = _outcome(
         job,
         cfg,
