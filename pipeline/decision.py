@@ -140,8 +140,7 @@ def _decide_columns(episodes: pa.Table, success: SuccessConfig, curation: Curati
         total[adds] += values[(ends - taken + step)[adds]]
     statuses = pc.equal(episodes.column("status"), "ok").fill_null(False)
     scored = statuses.to_numpy(zero_copy_only=False) & (taken > 0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        scores = np.where(scored, total / np.maximum(taken, 1), np.nan)
+    scores = np.where(scored, total / np.maximum(taken, 1), np.nan)  # unscored rows: NaN, never 0 / 0
     progress, progress_ends, has_progress = _last_values(episodes.column("progress"), 1)
     finals = np.full(ends.size, np.nan)
     finals[has_progress > 0] = progress[progress_ends[has_progress > 0] - 1]
