@@ -496,7 +496,7 @@ def _index_rows(
     last files and an old file's footer (which grows with its row groups) is never parsed for them.
     """
     rows = []
-    missing = set(wanted) if select is not None and wanted is not None else None
+    missing = None if select is None else set(wanted or ())
     for relative in files if missing is None else files[::-1]:
         if missing is not None and not missing:
             break
@@ -514,6 +514,8 @@ def _index_rows(
             rows.extend((relative, row) for row in found)
             if missing is not None:
                 missing -= {row["episode_index"] for row in found}
+    if missing is None:
+        return rows
     position = {relative: place for place, relative in enumerate(files)}
     return sorted(rows, key=lambda item: position[item[0]])  # stable: each file's rows in their order
 
